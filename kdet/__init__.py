@@ -1,0 +1,53 @@
+"""kdet: a Keras 3 / TensorFlow object-detection model zoo.
+
+Importing ``kdet`` is cheap: TensorFlow and the model code load on first use of
+``kdet.models``, ``kdet.ops``, ``kdet.Detector`` and friends.
+
+Example:
+    >>> import kdet
+    >>> model = kdet.load("mtcnn")                     # doctest: +SKIP
+    >>> model.detect("photo.jpg")["boxes"]             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from kdet.errors import WeightsUnavailableError
+
+__version__ = "0.1.0"
+
+_SUBMODULES = (
+    "ops", "layers", "backbones", "necks", "heads", "targets", "losses",
+    "models", "data", "metrics", "export", "zoo", "visualization",
+)
+
+
+def load(name: str, **kwargs):
+    """Loads a named zoo model, a saved ``.keras`` file or a preset directory.
+
+    See ``kdet.zoo.load`` for the arguments.
+    """
+    from kdet.zoo import registry
+
+    return registry.load(name, **kwargs)
+
+
+def list_models() -> list[str]:
+    """Returns every name ``kdet.load`` accepts, sorted."""
+    from kdet.zoo import registry
+
+    return registry.list_models()
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"kdet.{name}")
+    if name == "Detector":
+        from kdet.detector import Detector
+
+        return Detector
+    raise AttributeError(f"module 'kdet' has no attribute {name!r}")
+
+
+__all__ = ["load", "list_models", "Detector", "WeightsUnavailableError", *_SUBMODULES]

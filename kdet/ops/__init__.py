@@ -1,0 +1,4 @@
+"""Pure tensor functions: XLA-safe, no Keras state."""
+
+from kdet.ops.box_coder import decode_deltas, decode_yolo, encode_deltas, encode_yolo
+from kdet.ops.boxes import aligned_iou, area, clip_boxes, convert_format, iou

@@ -1,0 +1,152 @@
+"""Box geometry: format conversion, area, clipping and the IoU family.
+
+All functions are pure TensorFlow, XLA-safe, and broadcast over leading
+dimensions. Format conversion delegates to ``keras.utils.bounding_boxes``;
+internally kdet works in ``xyxy`` absolute pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+from keras.utils import bounding_boxes as keras_boxes
+
+from kdet.validation import check_box_format
+
+IOU_MODES = ("iou", "giou", "diou", "ciou")
+_EPS = 1e-9
+
+
+def convert_format(boxes, source: str, target: str, height=None, width=None):
+    """Converts boxes between Keras bounding-box formats (a validated wrapper).
+
+    Args:
+        boxes: (..., 4) tensor.
+        source, target: formats of ``keras.utils.bounding_boxes``.
+        height, width: image size, needed for ``rel_*`` formats.
+
+    Returns:
+        (..., 4) float32 tensor in ``target`` format.
+    """
+    source, target = check_box_format(source), check_box_format(target)
+    boxes = tf.convert_to_tensor(boxes, dtype=tf.float32)
+    if source == target:
+        return boxes
+    if (source.startswith("rel_") or target.startswith("rel_")) and (height is None or width is None):
+        raise ValueError(
+            f"Converting {source!r} -> {target!r} needs the image height and width; received "
+            f"height={height}, width={width}."
+        )
+    if source.startswith("rel_") and target.startswith("rel_"):
+        # Keras refuses rel -> rel; go through absolute xyxy.
+        boxes = keras_boxes.convert_format(boxes, source, "xyxy", height=height, width=width)
+        source = "xyxy"
+    return keras_boxes.convert_format(boxes, source, target, height=height, width=width)
+
+
+def to_xyxy(boxes, bounding_box_format: str, height=None, width=None):
+    """Converts ``boxes`` from ``bounding_box_format`` to xyxy."""
+    return convert_format(boxes, bounding_box_format, "xyxy", height=height, width=width)
+
+
+def from_xyxy(boxes, bounding_box_format: str, height=None, width=None):
+    """Converts xyxy ``boxes`` to ``bounding_box_format``."""
+    return convert_format(boxes, "xyxy", bounding_box_format, height=height, width=width)
+
+
+def area(boxes):
+    """Area of xyxy boxes (..., 4) -> (...); degenerate boxes have area 0."""
+    boxes = tf.convert_to_tensor(boxes)
+    w = tf.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
+    h = tf.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
+    return w * h
+
+
+def clip_boxes(boxes, height, width):
+    """Clips xyxy boxes (..., 4) to the image [0, width] x [0, height]."""
+    boxes = tf.convert_to_tensor(boxes)
+    height = tf.cast(height, boxes.dtype)
+    width = tf.cast(width, boxes.dtype)
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
+    return tf.stack(
+        [tf.clip_by_value(x1, 0.0, width), tf.clip_by_value(y1, 0.0, height),
+         tf.clip_by_value(x2, 0.0, width), tf.clip_by_value(y2, 0.0, height)],
+        axis=-1,
+    )
+
+
+def _iou_terms(b1, b2, mode):
+    """IoU family on broadcast-compatible xyxy boxes; returns (...)."""
+    x11, y11, x12, y12 = tf.unstack(b1, axis=-1)
+    x21, y21, x22, y22 = tf.unstack(b2, axis=-1)
+    w1, h1 = tf.maximum(x12 - x11, 0.0), tf.maximum(y12 - y11, 0.0)
+    w2, h2 = tf.maximum(x22 - x21, 0.0), tf.maximum(y22 - y21, 0.0)
+    iw = tf.maximum(tf.minimum(x12, x22) - tf.maximum(x11, x21), 0.0)
+    ih = tf.maximum(tf.minimum(y12, y22) - tf.maximum(y11, y21), 0.0)
+    inter = iw * ih
+    union = w1 * h1 + w2 * h2 - inter
+    iou = tf.math.divide_no_nan(inter, union)
+    if mode == "iou":
+        return iou
+    # Smallest enclosing box.
+    cw = tf.maximum(x12, x22) - tf.minimum(x11, x21)
+    ch = tf.maximum(y12, y22) - tf.minimum(y11, y21)
+    if mode == "giou":  # Rezatofighi et al. 2019, eq. (1)
+        enclose = cw * ch
+        return iou - tf.math.divide_no_nan(enclose - union, enclose)
+    # DIoU / CIoU: Zheng et al. 2020, eqs. (6) and (9).
+    diag2 = cw**2 + ch**2
+    centre2 = ((x11 + x12 - x21 - x22) ** 2 + (y11 + y12 - y21 - y22) ** 2) / 4.0
+    diou = iou - tf.math.divide_no_nan(centre2, diag2)
+    if mode == "diou":
+        return diou
+    v = (4.0 / math.pi**2) * tf.square(
+        tf.atan(tf.math.divide_no_nan(w2, h2 + _EPS)) - tf.atan(tf.math.divide_no_nan(w1, h1 + _EPS))
+    )
+    alpha = tf.stop_gradient(tf.math.divide_no_nan(v, 1.0 - iou + v))
+    return diou - alpha * v
+
+
+def _prepare(boxes1, boxes2, mode, bounding_box_format):
+    if mode not in IOU_MODES:
+        raise ValueError(f"mode must be one of {IOU_MODES}; received {mode!r}.")
+    fmt = check_box_format(bounding_box_format)
+    if fmt.startswith("rel_"):
+        # Relative formats: IoU is scale-invariant only for iou/giou/diou; use a
+        # unit image, which keeps every mode consistent for rel_xyxy-type boxes.
+        b1 = convert_format(boxes1, fmt, "xyxy", height=1.0, width=1.0)
+        b2 = convert_format(boxes2, fmt, "xyxy", height=1.0, width=1.0)
+    else:
+        b1, b2 = to_xyxy(boxes1, fmt), to_xyxy(boxes2, fmt)
+    if b1.shape.rank is not None and (b1.shape.rank < 1 or b1.shape[-1] != 4):
+        raise ValueError(f"boxes1 must have a last dimension of 4; received shape {b1.shape}.")
+    if b2.shape.rank is not None and (b2.shape.rank < 1 or b2.shape[-1] != 4):
+        raise ValueError(f"boxes2 must have a last dimension of 4; received shape {b2.shape}.")
+    return b1, b2
+
+
+def iou(boxes1, boxes2, mode: str = "iou", bounding_box_format: str = "xyxy"):
+    """Pairwise IoU, GIoU, DIoU or CIoU.
+
+    Args:
+        boxes1: (..., N, 4) boxes in ``bounding_box_format``.
+        boxes2: (..., M, 4) boxes; leading dims broadcast with ``boxes1``.
+        mode: "iou" | "giou" (Rezatofighi 2019) | "diou" | "ciou" (Zheng 2020).
+        bounding_box_format: any ``keras.utils.bounding_boxes`` format.
+
+    Returns:
+        (..., N, M) float32. Boxes of zero area give IoU 0 (never NaN).
+
+    Example:
+        >>> float(iou([[0., 0, 2, 2]], [[1., 0, 3, 2]])[0, 0])  # doctest: +ELLIPSIS
+        0.333...
+    """
+    b1, b2 = _prepare(boxes1, boxes2, mode, bounding_box_format)
+    return _iou_terms(b1[..., :, None, :], b2[..., None, :, :], mode)
+
+
+def aligned_iou(boxes1, boxes2, mode: str = "iou", bounding_box_format: str = "xyxy"):
+    """Element-wise IoU family of matching boxes: (..., 4) x (..., 4) -> (...)."""
+    b1, b2 = _prepare(boxes1, boxes2, mode, bounding_box_format)
+    return _iou_terms(b1, b2, mode)
