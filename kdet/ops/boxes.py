@@ -30,7 +30,9 @@ def convert_format(boxes, source: str, target: str, height=None, width=None):
         (..., 4) float32 tensor in ``target`` format.
     """
     source, target = check_box_format(source), check_box_format(target)
-    boxes = tf.convert_to_tensor(boxes, dtype=tf.float32)
+    # tf.cast, not convert_to_tensor(dtype=...): the latter refuses float16/float64
+    # tensors (mixed-precision heads), which must be accepted and promoted.
+    boxes = tf.cast(boxes, tf.float32)
     if source == target:
         return boxes
     if (source.startswith("rel_") or target.startswith("rel_")) and (height is None or width is None):
