@@ -1,0 +1,106 @@
+"""The named models of the kdet zoo, one ``ModelEntry`` each.
+
+Add a pretrained model here: one entry (builder + kwargs, classes, weights
+source with converter, licence, metrics with their source, model card) and one
+converter function in ``kdet/zoo/<source>.py``. Importing this module needs no
+TensorFlow: builders and converters are import paths resolved on use.
+"""
+
+from __future__ import annotations
+
+from kdet.zoo.registry import ModelEntry, WeightsSource, register
+
+COCO = "kdet.zoo.coco_classes:COCO_CLASSES"
+VOC = "kdet.zoo.voc_classes:VOC_CLASSES"
+_KDET_LICENSE = "Apache-2.0 (kdet code; no pretrained weights)"
+_DARKNET_LICENSE = "Public domain (Darknet YOLO LICENSE v2, pjreddie.com)"
+# Redmon & Farhadi, "YOLOv3: An Incremental Improvement" (2018), Table 3: COCO test-dev.
+_YOLOV3_PAPER = "Redmon & Farhadi 2018, YOLOv3: An Incremental Improvement, Table 3 (COCO test-dev, 416x416)"
+# https://pjreddie.com/darknet/yolo/ performance table (COCO test-dev mAP@0.5).
+_DARKNET_SITE = "https://pjreddie.com/darknet/yolo/ (COCO test-dev, 416x416)"
+
+# --- Pretrained -------------------------------------------------------------
+
+register(ModelEntry(
+    name="mtcnn",
+    builder="kdet.models.mtcnn:MTCNN",
+    description="MTCNN face detector with 5 landmarks (P-Net, R-Net, O-Net cascade)",
+    class_names=("face",),
+    weights=WeightsSource(
+        kind="package",
+        # Shipped in the wheel (package-data kdet/assets/**), so it works offline.
+        package_path="assets/mtcnn/mtcnn.weights.h5",
+    ),
+    license="MIT (weights of the `mtcnn` package by Iván de Paz Centeno, from Zhang et al. 2016)",
+    metrics={},
+    metrics_source="Zhang et al. 2016, Joint Face Detection and Alignment using MTCNN (no single "
+                   "box-AP number; see the model card)",
+    model_card="zoo/mtcnn.md",
+))
+
+register(ModelEntry(
+    name="yolov3_darknet53_coco",
+    builder="kdet.models.yolov3:YOLOV3",
+    builder_kwargs={"num_classes": 80, "backbone": "darknet53", "image_size": 416},
+    description="YOLOv3 with Darknet-53, official Darknet COCO weights",
+    input_size=(416, 416),
+    class_names=COCO,
+    weights=WeightsSource(
+        url="https://pjreddie.com/media/files/yolov3.weights",
+        size=248007048,
+        sha256=None,  # not published upstream: recorded after the first download
+        converter="kdet.zoo.darknet:load_darknet_weights",
+        options={"cfg": "assets/darknet/yolov3.cfg"},
+    ),
+    license=_DARKNET_LICENSE,
+    metrics={"coco_box_AP": 31.0, "coco_box_AP50": 55.3},
+    metrics_source=_YOLOV3_PAPER,
+    model_card="zoo/yolov3_darknet53_coco.md",
+))
+
+register(ModelEntry(
+    name="yolov3_tiny_coco",
+    builder="kdet.models.yolov3:YOLOV3",
+    # yolov3-tiny: 7-conv backbone, 2 output scales, 6 anchors (see yolov3-tiny.cfg).
+    builder_kwargs={"num_classes": 80, "backbone": "darknet_tiny", "image_size": 416},
+    description="YOLOv3-tiny, official Darknet COCO weights",
+    input_size=(416, 416),
+    class_names=COCO,
+    weights=WeightsSource(
+        url="https://pjreddie.com/media/files/yolov3-tiny.weights",
+        size=35434956,
+        sha256=None,
+        converter="kdet.zoo.darknet:load_darknet_weights",
+        options={"cfg": "assets/darknet/yolov3-tiny.cfg"},
+    ),
+    license=_DARKNET_LICENSE,
+    metrics={"coco_box_AP50": 33.1},
+    metrics_source=_DARKNET_SITE,
+    model_card="zoo/yolov3_tiny_coco.md",
+))
+
+# --- Architectures only (random weights; pass num_classes) ------------------
+
+_ARCHITECTURES = (
+    ("retinanet_resnet50_fpn", "kdet.models.retinanet:RetinaNet",
+     {"num_classes": 80, "backbone": "resnet50"}, None,
+     "RetinaNet, ResNet-50 FPN (Lin et al. 2017)"),
+    ("efficientdet_d0", "kdet.models.efficientdet:EfficientDet",
+     {"num_classes": 80, "variant": "d0"}, (512, 512),
+     "EfficientDet-D0, EfficientNet-B0 BiFPN (Tan et al. 2020)"),
+    ("ssd300_vgg16", "kdet.models.ssd:SSD",
+     {"num_classes": 80, "backbone": "vgg16", "image_size": 300}, (300, 300),
+     "SSD300, VGG-16 (Liu et al. 2016)"),
+    ("yolov3_darknet53", "kdet.models.yolov3:YOLOV3",
+     {"num_classes": 80, "backbone": "darknet53", "image_size": 416}, (416, 416),
+     "YOLOv3, Darknet-53 (Redmon & Farhadi 2018)"),
+    ("fasterrcnn_resnet50_fpn", "kdet.models.faster_rcnn:FasterRCNN",
+     {"num_classes": 80, "backbone": "resnet50_fpn"}, None,
+     "Faster R-CNN, ResNet-50 FPN (Ren et al. 2015; Lin et al. 2017)"),
+)
+
+for _name, _builder, _kwargs, _size, _description in _ARCHITECTURES:
+    register(ModelEntry(
+        name=_name, builder=_builder, builder_kwargs=_kwargs, input_size=_size,
+        description=_description + ", architecture only", license=_KDET_LICENSE,
+    ))
