@@ -1,1 +1,3 @@
-"""kdet.backbones."""
+"""Backbones: Keras models mapping normalised images to pyramid features {"P2".."P7"}."""
+
+from kdet.backbones.tiny import tiny_backbone

@@ -1,1 +1,3 @@
-"""kdet.heads."""
+"""Prediction heads, built with the functional API."""
+
+from kdet.heads.dense import dense_head, prior_bias

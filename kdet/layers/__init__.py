@@ -1,1 +1,5 @@
-"""kdet.layers."""
+"""Public Keras layers, one per file, built on kdet.ops."""
+
+from kdet.layers.anchor_decoder import AnchorDecoder
+from kdet.layers.anchor_generator import AnchorGenerator, ssd_anchor_shapes
+from kdet.layers.image_preprocessing import ImagePreprocessing

@@ -1,1 +1,3 @@
-"""kdet.necks."""
+"""Necks: feature-pyramid builders on backbone feature dicts."""
+
+from kdet.necks.fpn import fpn

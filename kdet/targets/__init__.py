@@ -1,1 +1,4 @@
-"""kdet.targets."""
+"""Target assignment: matchers and label encoders."""
+
+from kdet.targets.anchor_labeler import AnchorLabelEncoder
+from kdet.targets.box_matcher import BACKGROUND, IGNORE, POSITIVE, match_boxes

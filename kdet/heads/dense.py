@@ -1,0 +1,66 @@
+"""Dense per-anchor prediction heads (RetinaNet subnets, EfficientDet, SSD, the tiny detector)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import keras
+
+
+def prior_bias(prior_probability: float) -> float:
+    """Bias so that sigmoid(bias) = prior (Lin et al. 2017, section 4.1, 'Initialization')."""
+    return -math.log((1 - prior_probability) / prior_probability)
+
+
+def dense_head(features: Sequence, num_anchors: int, num_outputs: int, depth: int = 4, width: int = 256,
+               shared: bool = True, separable: bool = False, activation: str = "relu",
+               norm: str | None = None, final_bias: float = 0.0, kernel_std: float = 0.01,
+               name: str = "head"):
+    """Applies a conv tower + predictor to every pyramid level and flattens per anchor.
+
+    Args:
+        features: list of (B, h_l, w_l, C) tensors, finest level first.
+        num_anchors: anchors per location.
+        num_outputs: values predicted per anchor (classes, or 4 for boxes).
+        depth, width: conv tower of ``depth`` 3x3 convs with ``width`` channels.
+        shared: share the tower and predictor weights across levels (RetinaNet);
+            False gives each level its own (SSD).
+        separable: depthwise-separable convs (EfficientDet).
+        norm: None, "batch" (one BatchNorm per level, EfficientDet) or "group".
+        final_bias: bias init of the predictor (use :func:`prior_bias` for classes).
+        kernel_std: std of the normal init of the convs (RetinaNet uses 0.01).
+
+    Returns:
+        (B, sum_l h_l * w_l * num_anchors, num_outputs) in (level, row, column,
+        anchor) order, matching ``AnchorGenerator``.
+    """
+    conv_cls = keras.layers.SeparableConv2D if separable else keras.layers.Conv2D
+    init = keras.initializers.RandomNormal(stddev=kernel_std)
+    conv_kwargs = (
+        {"depthwise_initializer": init, "pointwise_initializer": init} if separable else {"kernel_initializer": init}
+    )
+
+    def make_tower(suffix):
+        convs = [conv_cls(width, 3, padding="same", name=f"{name}_conv{i}{suffix}", **conv_kwargs)
+                 for i in range(depth)]
+        predictor = conv_cls(num_anchors * num_outputs, 3, padding="same", name=f"{name}_pred{suffix}",
+                             bias_initializer=keras.initializers.Constant(final_bias), **conv_kwargs)
+        return convs, predictor
+
+    shared_tower = make_tower("") if shared else None
+    outputs = []
+    for level, x in enumerate(features):
+        convs, predictor = shared_tower if shared else make_tower(f"_l{level}")
+        for i, conv in enumerate(convs):
+            x = conv(x)
+            if norm == "batch":
+                x = keras.layers.BatchNormalization(name=f"{name}_bn{i}_l{level}")(x)
+            elif norm == "group":
+                x = keras.layers.GroupNormalization(32, name=f"{name}_gn{i}_l{level}")(x)
+            x = keras.layers.Activation(activation, name=f"{name}_act{i}_l{level}")(x)
+        x = predictor(x)
+        outputs.append(keras.layers.Reshape((-1, num_outputs), name=f"{name}_flat_l{level}")(x))
+    if len(outputs) == 1:
+        return outputs[0]
+    return keras.layers.Concatenate(axis=1, name=f"{name}_concat")(outputs)

@@ -1,0 +1,77 @@
+"""Shared test helpers: a tiny anchor detector, learning checks, round trips."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from kdet.backbones.tiny import tiny_backbone
+from kdet.heads.dense import dense_head, prior_bias
+from kdet.layers.anchor_generator import AnchorGenerator
+from kdet.layers.image_preprocessing import ImagePreprocessing
+from kdet.models.single_stage import SingleStageDetector
+from kdet.necks.fpn import fpn
+
+
+@keras.saving.register_keras_serializable(package="kdet_tests")
+class TinyAnchorDetector(SingleStageDetector):
+    """The minimal anchor-based detector of the foundation tests: tiny backbone, shared heads on P3-P5."""
+
+    def __init__(self, num_classes=3, image_size=128, bounding_box_format="xyxy", width=32, **kwargs):
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        backbone = tiny_backbone(size)
+        inputs = keras.Input((*size, 3))
+        feats = backbone(inputs)
+        pyramid = fpn(feats, min_level=3, max_level=5, width=width)
+        levels = [pyramid["P3"], pyramid["P4"], pyramid["P5"]]
+        anchors = AnchorGenerator(strides=(8, 16, 32), sizes=(16, 32, 64), scales=(1.0, 1.5),
+                                  aspect_ratios=(0.5, 1.0, 2.0))
+        n = anchors.num_anchors_per_location
+        cls = dense_head(levels, n, num_classes, depth=2, width=width, final_bias=prior_bias(0.01), name="cls")
+        box = dense_head(levels, n, 4, depth=2, width=width, name="box")
+        network = keras.Model(inputs, {"box": box, "cls": cls}, name="network")
+        self._width = width
+        super().__init__(num_classes, network, anchors, ImagePreprocessing(size), size,
+                         bounding_box_format=bounding_box_format, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(image_size=self.image_size, width=self._width)
+        config.pop("class_names")
+        return config
+
+
+def coco_ap50(y_true: dict, y_pred: dict) -> float:
+    """AP@0.5 via pycocotools (the oracle) for padded batch dicts."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    import contextlib
+    import io
+
+    images, annotations, detections = [], [], []
+    cats = sorted({int(c) for c in np.asarray(y_true["labels"]).ravel() if c >= 0})
+    for i in range(len(y_true["boxes"])):
+        images.append({"id": i})
+        for b, lab in zip(y_true["boxes"][i], y_true["labels"][i]):
+            if lab < 0:
+                continue
+            w, h = float(b[2] - b[0]), float(b[3] - b[1])
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(lab),
+                                "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h, "iscrowd": 0})
+        for k in range(int(y_pred["num_detections"][i])):
+            b = y_pred["boxes"][i][k]
+            detections.append({"image_id": i, "category_id": int(y_pred["labels"][i][k]),
+                               "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                               "score": float(y_pred["scores"][i][k])})
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": annotations, "categories": [{"id": c} for c in cats]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        if not detections:
+            return 0.0
+        dt = gt.loadRes(detections)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[1])
