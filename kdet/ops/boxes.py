@@ -15,7 +15,9 @@ from keras.utils import bounding_boxes as keras_boxes
 from kdet.validation import check_box_format
 
 IOU_MODES = ("iou", "giou", "diou", "ciou")
-_EPS = 1e-9
+# Smallest width/height (pixels, or unit-image units for rel_* formats) seen by
+# CIoU's aspect-ratio term; see _iou_terms.
+_ASPECT_FLOOR = 1e-3
 
 
 def convert_format(boxes, source: str, target: str, height=None, width=None):
@@ -103,8 +105,12 @@ def _iou_terms(b1, b2, mode):
     diou = iou - tf.math.divide_no_nan(centre2, diag2)
     if mode == "diou":
         return diou
+    # Floor w and h in the aspect term: d atan(w / h) / dw = h / (w^2 + h^2) is then
+    # at most 1 / (2 * floor), where w / (h + 1e-9) gave ~1e9 (inf once cast to a
+    # float16 head) for an empty predicted box.
     v = (4.0 / math.pi**2) * tf.square(
-        tf.atan(tf.math.divide_no_nan(w2, h2 + _EPS)) - tf.atan(tf.math.divide_no_nan(w1, h1 + _EPS))
+        tf.atan(tf.maximum(w2, _ASPECT_FLOOR) / tf.maximum(h2, _ASPECT_FLOOR))
+        - tf.atan(tf.maximum(w1, _ASPECT_FLOOR) / tf.maximum(h1, _ASPECT_FLOOR))
     )
     alpha = tf.stop_gradient(tf.math.divide_no_nan(v, 1.0 - iou + v))
     return diou - alpha * v
