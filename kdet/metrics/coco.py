@@ -1,0 +1,309 @@
+"""COCO box mAP, computed in NumPy with exactly the conventions of pycocotools.
+
+``coco_map`` reproduces ``pycocotools.cocoeval.COCOeval(iouType="bbox")``
+(evaluate + accumulate + summarize) for boxes whose area is ``w * h`` and
+``iscrowd = 0``, without building COCO json or looping in Python over every
+image and category. The pycocotools conventions kept here, each checked by
+the oracle tests in ``tests/metrics/test_coco.py``:
+
+- IoU as ``maskUtils.iou`` computes it on xywh doubles (``x2 = x + w``).
+- Categories are those of the ground truth; detections of other categories
+  are ignored. Categories (or area ranges) without ground truth report -1
+  and are left out of the means.
+- Per image and category, detections are sorted by score (stable
+  mergesort, so ties keep their input order) and the first
+  ``max_detections[-1]`` kept; AR1/AR10 keep the first 1/10 of each image
+  *and category* (not of the image).
+- Greedy matching: each detection takes the unmatched ground truth of
+  highest IoU >= threshold (the later one on equal IoU), preferring ground
+  truths inside the area range; unmatched detections outside the range are
+  ignored. Area ranges include both ends ([0, 32^2], [32^2, 96^2], ...).
+- 101-point interpolated precision over recall thresholds 0:0.01:1.
+
+Reference: Lin et al., "Microsoft COCO: Common Objects in Context", ECCV
+2014; https://github.com/cocodataset/cocoapi (PythonAPI/pycocotools/cocoeval.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from kdet.metrics._inputs import FlatBoxes, check_same_images, flatten_boxes
+
+# pycocotools Params.setDetParams: linspace, as upstream, so that the IoU
+# thresholds (0.75 included) are the very same doubles.
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, int(np.round((1.0 - 0.0) / 0.01)) + 1, endpoint=True)
+# all, small, medium, large (pycocotools areaRng; bounds are inclusive).
+COCO_AREA_RANGES = np.array([[0**2, 1e5**2], [0**2, 32**2], [32**2, 96**2], [96**2, 1e5**2]], np.float64)
+COCO_MAX_DETECTIONS = (1, 10, 100)
+COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def coco_map(y_true: Any, y_pred: Any, bounding_box_format: str = "xyxy",
+             max_detections: Sequence[int] = COCO_MAX_DETECTIONS, image_size=None,
+             per_class: bool = False) -> dict:
+    """COCO box AP/AR: the 12 numbers of pycocotools' ``COCOeval.summarize``.
+
+    Args:
+        y_true: ground truth ``{"boxes": (B, M, 4), "labels": (B, M)}``, padded
+            with ``label == -1``; ragged tensors or lists of per-image arrays
+            are accepted too.
+        y_pred: detections ``{"boxes": (B, K, 4), "scores": (B, K), "labels":
+            (B, K), "num_detections": (B,)}`` (the detector output dict;
+            ``num_detections`` is optional, ``label == -1`` marks padding).
+        bounding_box_format: format of both dicts' boxes, in pixels (any
+            ``keras.utils.bounding_boxes`` format).
+        max_detections: the three per-image-and-category detection caps
+            (pycocotools ``maxDets``); AP uses the last one.
+        image_size: (height, width) in pixels, needed for ``rel_*`` formats.
+        per_class: also return ``"per_class": {label: AP}`` (AP@[.5:.95],
+            all areas; -1 where a class has no ground truth).
+
+    Returns:
+        dict of floats with keys ``AP, AP50, AP75, APs, APm, APl, AR1, AR10,
+        AR100, ARs, ARm, ARl`` (the AR keys follow ``max_detections``); -1
+        where no ground truth exists for that setting, as in pycocotools.
+
+    Example:
+        >>> gt = {"boxes": [[[0., 0, 10, 10]]], "labels": [[0]]}
+        >>> dt = {"boxes": [[[0., 0, 10, 10]]], "scores": [[0.9]], "labels": [[0]]}
+        >>> round(coco_map(gt, dt)["AP"], 6)  # pycocotools: 0.9999999999999998
+        1.0
+    """
+    max_dets = _check_max_detections(max_detections)
+    gt = flatten_boxes(y_true, "y_true", detections=False, bounding_box_format=bounding_box_format,
+                       target="xywh", image_size=image_size)
+    dt = flatten_boxes(y_pred, "y_pred", detections=True, bounding_box_format=bounding_box_format,
+                       target="xywh", image_size=image_size)
+    check_same_images(gt, dt)
+    return evaluate_flat(gt, dt, max_dets, per_class=per_class)
+
+
+def evaluate_flat(gt: FlatBoxes, dt: FlatBoxes, max_detections: Sequence[int] = COCO_MAX_DETECTIONS,
+                  per_class: bool = False) -> dict:
+    """``coco_map`` on already validated xywh rows (used by the Keras metric)."""
+    precision, recall, cat_ids = accumulate(gt, dt, tuple(max_detections))
+    result = summarize(precision, recall, tuple(max_detections))
+    if per_class:
+        result["per_class"] = {
+            int(c): _mean_valid(precision[:, :, k, 0, -1]) for k, c in enumerate(cat_ids)
+        }
+    return result
+
+
+def _check_max_detections(max_detections) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(m) for m in max_detections)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or any(m <= 0 for m in values) or list(values) != sorted(values):
+        raise ValueError(
+            f"max_detections must be three increasing positive integers like (1, 10, 100); "
+            f"received {max_detections!r}."
+        )
+    return values
+
+
+def _coco_iou(d: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """IoU of xywh boxes (..., 4) x (..., 4) exactly as maskApi.c ``bbIou`` (iscrowd=0)."""
+    da = d[..., 2] * d[..., 3]
+    ga = g[..., 2] * g[..., 3]
+    w = np.minimum(d[..., 2] + d[..., 0], g[..., 2] + g[..., 0]) - np.maximum(d[..., 0], g[..., 0])
+    h = np.minimum(d[..., 3] + d[..., 1], g[..., 3] + g[..., 1]) - np.maximum(d[..., 1], g[..., 1])
+    inter = w * h
+    union = da + ga - inter
+    ok = (w > 0) & (h > 0)
+    return np.where(ok, inter / np.where(ok, union, 1.0), 0.0)
+
+
+def _area_outside(area: np.ndarray) -> np.ndarray:
+    """(A, N) bool: area outside each (inclusive) COCO area range."""
+    return (area[None] < COCO_AREA_RANGES[:, :1]) | (area[None] > COCO_AREA_RANGES[:, 1:])
+
+
+def _match_bucket(ious, gt_ignore, det_valid):
+    """pycocotools' greedy matching for a bucket of (image, category) groups at once.
+
+    Args:
+        ious: (n, D, G) IoU of score-sorted detections vs ground truths; -1 on
+            padded ground-truth columns.
+        gt_ignore: (n, A, G) ground truth ignored (outside the area range).
+        det_valid: (n, D) real (not padded) detections.
+
+    Returns:
+        matched (n, A, T, D) and matched_ignored (n, A, T, D) booleans.
+    """
+    n, num_d, num_g = ious.shape
+    num_a, num_t = gt_ignore.shape[1], COCO_IOU_THRESHOLDS.shape[0]
+    # pycocotools starts from min(t, 1 - 1e-10) and accepts IoU >= that.
+    thresholds = np.minimum(COCO_IOU_THRESHOLDS, 1 - 1e-10)[None, None, :, None]
+    ignore = gt_ignore[:, :, None, :]
+    taken = np.zeros((n, num_a, num_t, num_g), bool)
+    matched = np.zeros((n, num_a, num_t, num_d), bool)
+    matched_ignored = np.zeros((n, num_a, num_t, num_d), bool)
+    columns = np.arange(num_g)
+    for r in range(num_d):
+        iou_r = ious[:, r][:, None, None, :]
+        candidate = ~taken & (iou_r >= thresholds)
+        regular = candidate & ~ignore
+        # Ground truths inside the area range are visited first; ignored ones
+        # only when no regular one matches (the `break` in evaluateImg).
+        candidate = np.where(regular.any(-1, keepdims=True), regular, candidate & ignore)
+        has = candidate.any(-1) & det_valid[:, r][:, None, None]
+        scores = np.where(candidate, iou_r, -1.0)
+        # On equal IoU pycocotools keeps the later ground truth (`<` test).
+        best = num_g - 1 - np.argmax(scores[..., ::-1], axis=-1)
+        hit = (columns == best[..., None]) & has[..., None]
+        taken |= hit
+        matched[..., r] = has
+        matched_ignored[..., r] = (hit & ignore).any(-1)
+    return matched, matched_ignored
+
+
+def _bucket_keys(nd: np.ndarray, ng: np.ndarray) -> np.ndarray:
+    """Groups of similar size share one padded array (padding waste <= 4x)."""
+    return np.ceil(np.log2(nd)).astype(np.int64) * 64 + np.ceil(np.log2(ng)).astype(np.int64)
+
+
+def _evaluate_matches(gt_boxes, gt_key, gt_ignore, dt_boxes, dt_key):
+    """Matches every detection group against its ground truths.
+
+    ``gt_*`` and ``dt_*`` are sorted by group key; detections within a group
+    by descending score. Returns matched and matched_ignored (A, T, Nd).
+    """
+    num_a, num_t, num_d = gt_ignore.shape[0], COCO_IOU_THRESHOLDS.shape[0], dt_key.shape[0]
+    matched = np.zeros((num_a, num_t, num_d), bool)
+    matched_ignored = np.zeros((num_a, num_t, num_d), bool)
+    keys, d_start, nd = np.unique(dt_key, return_index=True, return_counts=True)
+    g_start = np.searchsorted(gt_key, keys, side="left")
+    ng = np.searchsorted(gt_key, keys, side="right") - g_start
+    both = ng > 0
+    keys, d_start, nd, g_start, ng = keys[both], d_start[both], nd[both], g_start[both], ng[both]
+    if keys.size == 0:
+        return matched, matched_ignored
+    buckets = _bucket_keys(nd, ng)
+    for bucket in np.unique(buckets):
+        sel = buckets == bucket
+        d_pad, g_pad = int(nd[sel].max()), int(ng[sel].max())
+        d_off, g_off = np.arange(d_pad), np.arange(g_pad)
+        d_valid = d_off[None] < nd[sel][:, None]
+        g_valid = g_off[None] < ng[sel][:, None]
+        d_idx = np.where(d_valid, d_start[sel][:, None] + d_off, 0)
+        g_idx = np.where(g_valid, g_start[sel][:, None] + g_off, 0)
+        ious = _coco_iou(dt_boxes[d_idx][:, :, None, :], gt_boxes[g_idx][:, None, :, :])
+        ious = np.where(g_valid[:, None, :], ious, -1.0)
+        ignore = np.transpose(gt_ignore[:, g_idx], (1, 0, 2))
+        m, mi = _match_bucket(ious, ignore, d_valid)
+        flat = d_idx[d_valid]
+        matched[:, :, flat] = np.transpose(m, (1, 2, 0, 3))[:, :, d_valid]
+        matched_ignored[:, :, flat] = np.transpose(mi, (1, 2, 0, 3))[:, :, d_valid]
+    return matched, matched_ignored
+
+
+def accumulate(gt: FlatBoxes, dt: FlatBoxes, max_detections: tuple[int, ...] = COCO_MAX_DETECTIONS):
+    """pycocotools ``evaluate`` + ``accumulate`` on xywh rows.
+
+    Returns:
+        precision (T, R, K, A, M), recall (T, K, A, M) (-1 where a category
+        has no ground truth in an area range) and the K category ids.
+    """
+    cat_ids = np.unique(gt.labels)
+    num_images = gt.num_images
+    num_t, num_r, num_k = len(COCO_IOU_THRESHOLDS), len(COCO_RECALL_THRESHOLDS), len(cat_ids)
+    num_a, num_m = len(COCO_AREA_RANGES), len(max_detections)
+    precision = -np.ones((num_t, num_r, num_k, num_a, num_m))
+    recall = -np.ones((num_t, num_k, num_a, num_m))
+    if num_k == 0:
+        return precision, recall, cat_ids
+
+    # Ground truth, grouped by (category, image) in input order.
+    g_cat = np.searchsorted(cat_ids, gt.labels)
+    g_key = g_cat * num_images + gt.image
+    g_order = np.argsort(g_key, kind="stable")
+    g_key, g_boxes = g_key[g_order], gt.boxes[g_order]
+    g_ignore = _area_outside(g_boxes[:, 2] * g_boxes[:, 3])                 # (A, Ng)
+    npig = np.stack([np.bincount(g_cat[g_order], weights=~ig, minlength=num_k) for ig in g_ignore], 1)
+
+    # Detections of ground-truth categories, grouped, best score first within
+    # a group (ties: input order), capped at max_detections[-1] per group.
+    keep = np.isin(dt.labels, cat_ids)
+    d_cat = np.searchsorted(cat_ids, dt.labels[keep])
+    d_image, d_boxes, d_scores = dt.image[keep], dt.boxes[keep], dt.scores[keep]
+    d_key = d_cat * num_images + d_image
+    order = np.lexsort((np.arange(d_key.size), -d_scores, d_key))
+    d_key, d_cat, d_image, d_boxes, d_scores = (x[order] for x in (d_key, d_cat, d_image, d_boxes, d_scores))
+    first = np.searchsorted(d_key, d_key, side="left")
+    rank = np.arange(d_key.size) - first
+    capped = rank < max_detections[-1]
+    d_key, d_cat, d_image, d_boxes, d_scores, rank = (
+        x[capped] for x in (d_key, d_cat, d_image, d_boxes, d_scores, rank))
+
+    matched, matched_ignored = _evaluate_matches(g_boxes, g_key, g_ignore, d_boxes, d_key)
+    # Unmatched detections outside the area range are ignored.
+    d_ignore = np.where(matched, matched_ignored, _area_outside(d_boxes[:, 2] * d_boxes[:, 3])[:, None, :])
+    tps = matched & ~d_ignore
+    fps = ~matched & ~d_ignore
+
+    # Per category: detections of every image, best score first (stable over
+    # image order, then rank), as accumulate's concatenate + mergesort does.
+    order = np.lexsort((rank, d_image, -d_scores, d_cat))
+    for m, max_det in enumerate(max_detections):
+        sel = order[rank[order] < max_det]
+        cats = d_cat[sel]
+        bounds = np.searchsorted(cats, np.arange(num_k + 1))
+        tp_sel, fp_sel = tps[:, :, sel], fps[:, :, sel]
+        for k in range(num_k):
+            s, e = bounds[k], bounds[k + 1]
+            tp_sum = np.cumsum(tp_sel[:, :, s:e], axis=2).astype(float)
+            fp_sum = np.cumsum(fp_sel[:, :, s:e], axis=2).astype(float)
+            for a in range(num_a):
+                if npig[k, a] == 0:
+                    continue
+                _precision_recall(tp_sum[a], fp_sum[a], npig[k, a], precision[:, :, k, a, m], recall[:, k, a, m])
+    return precision, recall, cat_ids
+
+
+def _precision_recall(tp, fp, npig, precision_out, recall_out):
+    """Interpolated precision (T, R) and final recall (T,) of one category and area."""
+    num_d = tp.shape[1]
+    rc = tp / npig
+    pr = tp / (fp + tp + np.spacing(1))
+    recall_out[:] = rc[:, -1] if num_d else 0
+    precision_out[:] = 0
+    if not num_d:
+        return
+    # Precision envelope: max precision at any recall >= this one.
+    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+    for t in range(tp.shape[0]):
+        inds = np.searchsorted(rc[t], COCO_RECALL_THRESHOLDS, side="left")
+        ok = inds < num_d
+        precision_out[t, ok] = pr[t, inds[ok]]
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    values = values[values > -1]
+    return float(np.mean(values)) if values.size else -1.0
+
+
+def summarize(precision: np.ndarray, recall: np.ndarray, max_detections=COCO_MAX_DETECTIONS) -> dict:
+    """pycocotools ``summarize`` (_summarizeDets) as a dict of the 12 numbers."""
+    t50 = np.where(COCO_IOU_THRESHOLDS == 0.5)[0]
+    t75 = np.where(COCO_IOU_THRESHOLDS == 0.75)[0]
+    last = len(max_detections) - 1
+    out = {
+        "AP": _mean_valid(precision[:, :, :, 0, last]),
+        "AP50": _mean_valid(precision[t50][:, :, :, 0, last]),
+        "AP75": _mean_valid(precision[t75][:, :, :, 0, last]),
+        "APs": _mean_valid(precision[:, :, :, 1, last]),
+        "APm": _mean_valid(precision[:, :, :, 2, last]),
+        "APl": _mean_valid(precision[:, :, :, 3, last]),
+    }
+    for m, max_det in enumerate(max_detections):
+        out[f"AR{max_det}"] = _mean_valid(recall[:, :, 0, m])
+    out["ARs"] = _mean_valid(recall[:, :, 1, last])
+    out["ARm"] = _mean_valid(recall[:, :, 2, last])
+    out["ARl"] = _mean_valid(recall[:, :, 3, last])
+    return out
