@@ -26,11 +26,10 @@ register(ModelEntry(
     builder="kdet.models.mtcnn:MTCNN",
     description="MTCNN face detector with 5 landmarks (P-Net, R-Net, O-Net cascade)",
     class_names=("face",),
-    weights=WeightsSource(
-        kind="package",
-        # Shipped in the wheel (package-data kdet/assets/**), so it works offline.
-        package_path="assets/mtcnn/mtcnn.weights.h5",
-    ),
+    # The original weights, converted once by kdet.models.mtcnn.convert, ship in the
+    # wheel (kdet/assets/mtcnn/{pnet,rnet,onet}.weights.h5) and MTCNN(weights=...)
+    # loads them itself: offline, no download.
+    weights=WeightsSource(kind="package"),
     license="MIT (weights of the `mtcnn` package by Iván de Paz Centeno, from Zhang et al. 2016)",
     metrics={},
     metrics_source="Zhang et al. 2016, Joint Face Detection and Alignment using MTCNN (no single "

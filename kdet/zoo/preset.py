@@ -36,7 +36,10 @@ def _fresh_with_classes(model, num_classes: int):
     if "num_classes" not in config:
         raise ValueError(f"{type(model).__name__} has no num_classes in its config; cannot "
                          f"change it to {num_classes}.")
-    return type(model).from_config({**config, "num_classes": num_classes})
+    config = {**config, "num_classes": num_classes}
+    if config.get("class_names") is not None:  # the old names no longer fit
+        config["class_names"] = None
+    return type(model).from_config(config)
 
 
 def _swap_classes(model, num_classes: int | None):

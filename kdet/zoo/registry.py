@@ -73,8 +73,11 @@ class WeightsSource:
             kdet ``.weights.h5``.
         archive: None, or ``"tar"`` to extract the download safely first and
             hand the converter the extracted directory.
-        package_path: for ``kind="package"``, the file's path inside the
-            ``kdet`` package, e.g. ``"assets/mtcnn/mtcnn.weights.h5"``.
+        package_path: for ``kind="package"``, a ``.weights.h5`` file's path
+            inside the ``kdet`` package (e.g. ``"assets/foo.weights.h5"``), or
+            None when the builder loads its packaged weights itself through its
+            ``weights`` argument (MTCNN): ``kdet.load`` then forwards
+            ``weights`` (``"default"``, None or a path) to the builder.
         options: converter-specific settings (Darknet cfg, label maps, ...).
     """
 
@@ -97,8 +100,6 @@ class WeightsSource:
             if not self.url:
                 raise ValueError("WeightsSource(kind='url') needs a url.")
             download.check_url(self.url)
-        elif not self.package_path:
-            raise ValueError("WeightsSource(kind='package') needs a package_path.")
         for field, length in (("sha256", 64), ("sha256_prefix", None)):
             value = getattr(self, field)
             if value is not None and not (re.fullmatch(r"[0-9a-fA-F]+", value) and
@@ -109,11 +110,16 @@ class WeightsSource:
         _check_import_path("WeightsSource.converter", self.converter)
 
     @property
+    def loaded_by_builder(self) -> bool:
+        """Whether the builder loads these (packaged) weights through its ``weights`` argument."""
+        return self.kind == "package" and self.package_path is None
+
+    @property
     def local_name(self) -> str:
         """The file name the download is cached under."""
         if self.filename:
             return self.filename
-        return pathlib.PurePosixPath(self.url or self.package_path).name
+        return pathlib.PurePosixPath(self.url or self.package_path or "").name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,10 +264,27 @@ def get_entry(name: str) -> ModelEntry:
                      f"file or a preset directory.")
 
 
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
 def build(entry: ModelEntry, **kwargs: Any):
-    """Builds ``entry``'s architecture (random weights) with ``kwargs`` over its defaults."""
+    """Builds ``entry``'s architecture with ``kwargs`` over its defaults.
+
+    The entry's class names are passed as ``class_names`` (the ``kdet.Detector``
+    argument) when the builder takes it and the number of classes is unchanged.
+    """
     builder = resolve(entry.builder)
-    return builder(**{**entry.builder_kwargs, **kwargs})
+    kwargs = {**entry.builder_kwargs, **kwargs}
+    names = entry.get_class_names()
+    if (names and "class_names" not in kwargs and kwargs.get("num_classes", len(names)) == len(names)
+            and _accepts(builder, "class_names")):
+        kwargs["class_names"] = list(names)
+    return builder(**kwargs)
 
 
 def call_converter(entry: ModelEntry, model, path: str | os.PathLike) -> None:
@@ -373,6 +396,13 @@ def load_entry(entry: ModelEntry, weights: str | os.PathLike | None = "default",
     if num_classes is not None and "num_classes" not in entry.builder_kwargs:
         raise ValueError(f"Model {entry.name!r} takes no num_classes; received num_classes={num_classes}.")
     swap = num_classes is not None and num_classes != ckpt_classes
+    if entry.weights is not None and entry.weights.loaded_by_builder:
+        if isinstance(weights, os.PathLike):
+            weights = os.fspath(weights)
+        model = build(entry, **overrides, weights=weights)
+        if swap:
+            raise ValueError(f"Model {entry.name!r} cannot change num_classes.")
+        return model
     if weights is None or (isinstance(weights, str) and weights == "default" and not entry.pretrained):
         extra = {"num_classes": num_classes} if num_classes is not None else {}
         return build(entry, **overrides, **extra)

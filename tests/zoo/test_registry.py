@@ -35,17 +35,18 @@ CALLS: list = []
 class TinyDetector(keras.Model):
     """Stand-in for a kdet builder: conv stem + class head, keras-hub style config."""
 
-    def __init__(self, num_classes: int = 3, width: int = 4, **kwargs):
+    def __init__(self, num_classes: int = 3, width: int = 4, class_names=None, **kwargs):
         inputs = keras.Input((8, 8, 3))
         x = keras.layers.Conv2D(width, 3, padding="same")(inputs)  # auto-named on purpose
         x = keras.layers.GlobalAveragePooling2D()(x)
         x = keras.layers.Dense(6, activation="relu")(x)
         outputs = keras.layers.Dense(num_classes, name="class_head")(x)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
-        self.num_classes, self.width = num_classes, width
+        self.num_classes, self.width, self.class_names = num_classes, width, class_names
 
     def get_config(self):
-        return {"num_classes": self.num_classes, "width": self.width, "name": self.name}
+        return {"num_classes": self.num_classes, "width": self.width, "name": self.name,
+                "class_names": self.class_names}
 
 
 def _key(path: str) -> str:
@@ -180,7 +181,6 @@ def test_entry_validation(kwargs, message):
     ({"url": "https://e.com/a", "sha256": "abc"}, "hex digits"),
     ({"url": "https://e.com/a", "sha256_prefix": "xyz"}, "hex digits"),
     ({"url": "https://e.com/a", "archive": "zip"}, "archive"),
-    ({"kind": "package"}, "package_path"),
     ({"kind": "ftp"}, "kind"),
 ])
 def test_weights_source_validation(kwargs, message):
@@ -232,6 +232,8 @@ def test_weights_none_is_architecture_only(server):
     registry.register(_entry(server.url("/tiny.npz")))
     model = kdet.load(NAME, weights=None, num_classes=7, width=2)
     assert model.output_shape == (None, 7) and model.width == 2
+    assert model.class_names is None  # the entry's 3 names do not fit 7 classes
+    assert kdet.load(NAME, weights=None).class_names == ["cat", "dog", "bird"]
     assert server.hits["/tiny.npz"] == 0 and not CALLS
 
 
@@ -269,6 +271,19 @@ def test_num_classes_keeps_everything_but_the_head(server):
             assert value.shape[-1] == 5
         else:
             np.testing.assert_array_equal(value, ARRAYS[key])
+
+
+def test_mtcnn_loads_packaged_weights_offline(monkeypatch):
+    from kdet.models.mtcnn import pretrained_dir
+
+    monkeypatch.setattr("urllib.request.urlopen", None)  # no network used
+    model = kdet.load("mtcnn")
+    reference = keras.models.clone_model(model.pnet)
+    reference.load_weights(pretrained_dir() / "pnet.weights.h5")
+    assert all(np.array_equal(a, b) for a, b in zip(model.pnet.get_weights(), reference.get_weights()))
+    random = kdet.load("mtcnn", weights=None, min_face_size=40)
+    assert random.min_face_size == 40
+    assert not np.array_equal(random.pnet.get_weights()[0], reference.get_weights()[0])
 
 
 def test_num_classes_refused_for_class_free_models():
