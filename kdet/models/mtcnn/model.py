@@ -104,6 +104,7 @@ class MTCNN(Detector):
         self.rnet = rnet if rnet is not None else build_rnet(self.width)
         self.onet = onet if onet is not None else build_onet(self.width)
         self._compiled = {}
+        self.built = True  # the three networks are built functional models
         self._detect_fn = self._run_compiled
         if weights is not None:
             self.load_network_weights(weights)

@@ -1,0 +1,162 @@
+"""MTCNN unit tests: XLA image ops, NMS, pyramid, networks vs the mtcnn package, bad input."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kdet.models.mtcnn import MTCNN, build_onet, build_pnet, build_rnet
+from kdet.models.mtcnn.cascade import pyramid_scales, square
+from kdet.models.mtcnn.image_ops import area_resize, crop_and_resize
+from kdet.models.mtcnn.nms import pairwise_overlap, suppress_sorted
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    return MTCNN()
+
+
+@pytest.mark.parametrize("size", [(336, 240), (119, 84), (17, 12), (60, 45)])
+def test_area_resize_matches_tf_and_compiles(size):
+    x = tf.random.stateless_uniform((2, 61, 45, 3), seed=(1, 2)) * 255
+    expected = tf.image.resize(x, size, method="area")
+    got = tf.function(lambda t: area_resize(t, size), jit_compile=True)(x) if size != (60, 45) else area_resize(x, size)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4, atol=1e-2)
+
+
+def test_crop_and_resize_matches_tf_and_compiles():
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(-1, 1, (2, 40, 30, 3)), tf.float32)
+    boxes = tf.constant(rng.uniform(-0.3, 1.2, (20, 4)), tf.float32)
+    index = tf.constant(rng.integers(0, 2, 20), tf.int32)
+    expected = tf.image.crop_and_resize(x, boxes, index, (24, 24))
+    got = tf.function(lambda *a: crop_and_resize(*a, (24, 24)), jit_compile=True)(x, boxes, index)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
+
+
+def _random_boxes(rng, n):
+    xy = rng.uniform(0, 100, (n, 2))
+    wh = rng.uniform(5, 40, (n, 2))
+    return np.concatenate([xy, xy + wh], 1).astype(np.float32)
+
+
+def test_greedy_nms_matches_tf_image_nms():
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        boxes = _random_boxes(rng, 60)
+        order = np.argsort(-rng.uniform(size=60))
+        boxes = boxes[order]
+        scores = np.linspace(1, 0.1, 60).astype(np.float32)
+        keep = suppress_sorted(boxes[None], tf.ones((1, 60), bool), 0.5, greedy=True)[0].numpy()
+        ref = tf.image.non_max_suppression(boxes[:, [1, 0, 3, 2]], scores, 60, 0.5).numpy()
+        assert sorted(np.flatnonzero(keep)) == sorted(ref)
+
+
+def test_package_nms_rule_and_min_overlap_match_mtcnn_package():
+    bboxes = pytest.importorskip("mtcnn.utils.bboxes")
+    rng = np.random.default_rng(2)
+    boxes = _random_boxes(rng, 40)
+    for method in ("union", "min"):
+        ref_overlap = bboxes.iou(boxes, method=method)
+        np.testing.assert_allclose(pairwise_overlap(boxes, method).numpy(), ref_overlap, atol=1e-5)
+        ref_keep = bboxes.nms(ref_overlap, 0.3)
+        keep = suppress_sorted(boxes[None], tf.ones((1, 40), bool), 0.3, method, greedy=False)
+        assert list(np.flatnonzero(keep[0].numpy())) == list(ref_keep)
+
+
+def test_invalid_candidates_never_suppress():
+    boxes = tf.constant([[[0., 0, 10, 10], [0, 0, 10, 10]]])
+    keep = suppress_sorted(boxes, tf.constant([[False, True]]), 0.5)
+    assert keep.numpy().tolist() == [[False, True]]
+
+
+def test_pyramid_scales():
+    scales = pyramid_scales(561, 561, 20, 0.709, 2048)
+    assert len(scales) == 10 and scales[0] == pytest.approx(0.6)
+    assert int(561 * scales[-1]) >= 12 and int(561 * scales[-1] * 0.709) < 12
+    assert pyramid_scales(11, 500, 20, 0.709, 2048) == []
+    huge = pyramid_scales(20000, 30000, 20, 0.709, 2048)
+    assert 30000 * huge[0] == pytest.approx(2048)
+
+
+def test_square_keeps_centre():
+    out = square(tf.constant([[0., 0, 10, 20]])).numpy()[0]
+    np.testing.assert_allclose(out, [-5, 0, 15, 20])
+
+
+def test_networks_match_mtcnn_package_networks():
+    pytest.importorskip("mtcnn")
+    from mtcnn.network.onet import ONet
+    from mtcnn.network.pnet import PNet
+    from mtcnn.network.rnet import RNet
+    from mtcnn.utils.tensorflow import load_weights
+
+    model = MTCNN()
+    rng = np.random.default_rng(3)
+    for ours, ref_cls, file, shape in [(model.pnet, PNet, "pnet.lz4", (2, 31, 27, 3)),
+                                       (model.rnet, RNet, "rnet.lz4", (3, 24, 24, 3)),
+                                       (model.onet, ONet, "onet.lz4", (3, 48, 48, 3))]:
+        ref = ref_cls()
+        ref.build()
+        ref.set_weights(load_weights(file))
+        x = rng.uniform(-1, 1, shape).astype(np.float32)
+        for a, b in zip(ours(x), ref(x)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"min_face_size": 0}, {"min_face_size": -3}, {"thresholds": (0.6, 0.7, 1.0)},
+    {"thresholds": (0.0, 0.7, 0.7)}, {"thresholds": (0.6, 0.7)}, {"scale_factor": 1.0},
+    {"width": 0.5},  # pretrained weights need width 1
+])
+def test_bad_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        MTCNN(**kwargs)
+
+
+def test_bad_images_are_handled(pretrained):
+    tiny = pretrained.detect(np.zeros((10, 30, 3), np.uint8))
+    assert tiny["boxes"].shape == (0, 4) and tiny["landmarks"].shape == (0, 5, 2)
+    image = np.asarray(tf.io.decode_jpeg(tf.io.read_file(
+        str(__import__("kdet").models.mtcnn.model.pretrained_dir().parent / "images" / "ivan.jpg"))))
+    small = tf.image.resize(image, (140, 140)).numpy().astype(np.uint8)
+    rgb = pretrained.detect(small)
+    gray = pretrained.detect(small.mean(-1).astype(np.uint8))
+    rgba = pretrained.detect(np.concatenate([small, np.full((140, 140, 1), 255, np.uint8)], -1))
+    assert len(rgb["boxes"]) >= 1 and len(gray["boxes"]) >= 1
+    np.testing.assert_allclose(rgba["boxes"], rgb["boxes"])
+    with pytest.raises(ValueError):
+        pretrained.predict(np.zeros((2, 40, 40, 5)))
+
+
+def test_batch_equals_single_images_and_output_contract(pretrained):
+    image = __import__("kdet").data.images.load_image(
+        pretrained_dir_image := (__import__("kdet").models.mtcnn.pretrained_dir().parent / "images" / "ivan.jpg"))
+    small = tf.image.resize(image, (200, 200)).numpy()
+    batch = np.stack([small, small[:, ::-1], np.zeros_like(small)])
+    out = pretrained.predict(batch)
+    k = pretrained.max_detections
+    assert out["boxes"].shape == (3, k, 4) and out["landmarks"].shape == (3, k, 5, 2)
+    assert out["labels"].dtype == np.int32 and out["num_detections"][2] == 0
+    for i in range(3):
+        one = pretrained.predict(batch[i:i + 1])
+        n = one["num_detections"][0]
+        assert n == out["num_detections"][i]
+        np.testing.assert_allclose(one["boxes"][0, :n], out["boxes"][i, :n], atol=1e-3)
+        assert np.all(out["labels"][i, n:] == -1) and np.all(out["labels"][i, :n] == 0)
+        assert np.all(np.diff(out["scores"][i, :n]) <= 0)
+    assert pretrained_dir_image.is_file()
+
+
+def test_save_and_load_round_trip(tmp_path):
+    import keras
+
+    model = MTCNN(width=0.25, weights=None, max_detections=8, onet_candidates=8,
+                  rnet_candidates=16, pnet_top_k=32, thresholds=(0.3, 0.3, 0.3))
+    x = np.random.default_rng(0).uniform(0, 255, (1, 40, 40, 3)).astype(np.float32)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_config()["pnet_top_k"] == 32
+    for a, b in zip(model.pnet.weights + model.onet.weights, loaded.pnet.weights + loaded.onet.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_allclose(model.predict(x)["scores"], loaded.predict(x)["scores"], atol=1e-5)
