@@ -28,6 +28,17 @@ def _centre_size(boxes):
     return x1 + 0.5 * w, y1 + 0.5 * h, w, h
 
 
+def _check_last_dim(name, tensor, size, at_least=False):
+    """Raises a ValueError naming ``name`` unless its last dimension is ``size``."""
+    last = tensor.shape[-1] if tensor.shape.rank else 0
+    if tensor.shape.rank is not None and last is not None and (
+        last < size if at_least else last != size
+    ):
+        need = f"at least {size}" if at_least else str(size)
+        raise ValueError(f"{name} must have a last dimension of {need}; received shape {tensor.shape}.")
+    return tensor
+
+
 def _check_variances(variances):
     variances = tuple(float(v) for v in variances)
     if len(variances) != 4 or min(variances) <= 0:
@@ -51,8 +62,8 @@ def encode_deltas(boxes, anchors, variances=(1.0, 1.0, 1.0, 1.0)):
         [[0.5, 0.5, 0.0, 0.0]]
     """
     vx, vy, vw, vh = _check_variances(variances)
-    boxes = tf.cast(boxes, tf.float32)
-    anchors = tf.cast(anchors, tf.float32)
+    boxes = _check_last_dim("boxes", tf.cast(boxes, tf.float32), 4)
+    anchors = _check_last_dim("anchors", tf.cast(anchors, tf.float32), 4)
     bx, by, bw, bh = _centre_size(boxes)
     ax, ay, aw, ah = _centre_size(anchors)
     aw = tf.maximum(aw, 1e-6)
@@ -71,8 +82,8 @@ def decode_deltas(deltas, anchors, variances=(1.0, 1.0, 1.0, 1.0), scale_clamp=D
     heads cannot overflow to inf.
     """
     vx, vy, vw, vh = _check_variances(variances)
-    deltas = tf.cast(deltas, tf.float32)
-    anchors = tf.cast(anchors, tf.float32)
+    deltas = _check_last_dim("deltas", tf.cast(deltas, tf.float32), 4)
+    anchors = _check_last_dim("anchors", tf.cast(anchors, tf.float32), 4)
     ax, ay, aw, ah = _centre_size(anchors)
     dx, dy, dw, dh = tf.unstack(deltas, axis=-1)
     dw = tf.minimum(dw * vw, scale_clamp)
@@ -97,10 +108,10 @@ def encode_yolo(boxes, grid_xy, anchor_wh, stride, eps=1e-6):
         (..., 4): ``(sx, sy, tw, th)`` where ``sx = cx / stride - col`` is the
         target of ``sigmoid(tx)`` (in [0, 1]) and ``tw = log(w / pw)``.
     """
-    boxes = tf.cast(boxes, tf.float32)
+    boxes = _check_last_dim("boxes", tf.cast(boxes, tf.float32), 4)
     cx, cy, w, h = _centre_size(boxes)
-    grid_xy = tf.cast(grid_xy, tf.float32)
-    anchor_wh = tf.cast(anchor_wh, tf.float32)
+    grid_xy = _check_last_dim("grid_xy", tf.cast(grid_xy, tf.float32), 2)
+    anchor_wh = _check_last_dim("anchor_wh", tf.cast(anchor_wh, tf.float32), 2)
     stride = tf.cast(stride, tf.float32)
     sx = cx / stride - grid_xy[..., 0]
     sy = cy / stride - grid_xy[..., 1]
@@ -115,9 +126,9 @@ def decode_yolo(raw, grid_xy, anchor_wh, stride, scale_clamp=DEFAULT_SCALE_CLAMP
     ``bx = (sigmoid(tx) + col) * stride``, ``bw = pw * exp(tw)``
     (Redmon and Farhadi 2018, Figure 2).
     """
-    raw = tf.cast(raw, tf.float32)
-    grid_xy = tf.cast(grid_xy, tf.float32)
-    anchor_wh = tf.cast(anchor_wh, tf.float32)
+    raw = _check_last_dim("raw", tf.cast(raw, tf.float32), 4, at_least=True)
+    grid_xy = _check_last_dim("grid_xy", tf.cast(grid_xy, tf.float32), 2)
+    anchor_wh = _check_last_dim("anchor_wh", tf.cast(anchor_wh, tf.float32), 2)
     stride = tf.cast(stride, tf.float32)
     cx = (tf.sigmoid(raw[..., 0]) + grid_xy[..., 0]) * stride
     cy = (tf.sigmoid(raw[..., 1]) + grid_xy[..., 1]) * stride
