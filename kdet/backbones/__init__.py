@@ -1,3 +1,4 @@
 """Backbones: Keras models mapping normalised images to pyramid features {"P2".."P7"}."""
 
 from kdet.backbones.tiny import tiny_backbone
+from kdet.backbones.darknet import darknet53, darknet_tiny

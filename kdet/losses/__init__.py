@@ -13,3 +13,4 @@ __all__ = [
     "FocalLoss", "focal_loss", "SmoothL1Loss", "smooth_l1_loss", "IoULoss", "iou_loss",
     "RepulsionLoss", "pack_repulsion_targets", "smooth_ln",
 ]
+from kdet.losses.yolo import YOLOBoxLoss, yolo_box_loss  # noqa: E402

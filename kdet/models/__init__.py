@@ -1,1 +1,2 @@
 """kdet.models."""
+from kdet.models.yolov3 import YOLOV3

@@ -1,3 +1,4 @@
 """Necks: feature-pyramid builders on backbone feature dicts."""
 
 from kdet.necks.fpn import fpn
+from kdet.necks.yolo_fpn import yolo_fpn

@@ -28,3 +28,4 @@ __all__ = [
     "get_entry", "kdet_home", "list_models", "load", "register", "save_preset",
     "transfer_matching_weights", "unregister",
 ]
+from kdet.zoo.darknet import convert_darknet, load_darknet_weights  # noqa: E402
