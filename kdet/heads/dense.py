@@ -16,7 +16,7 @@ def prior_bias(prior_probability: float) -> float:
 def dense_head(features: Sequence, num_anchors: int, num_outputs: int, depth: int = 4, width: int = 256,
                shared: bool = True, separable: bool = False, activation: str = "relu",
                norm: str | None = None, final_bias: float = 0.0, kernel_std: float = 0.01,
-               name: str = "head"):
+               name: str = "head", bn_momentum: float = 0.99, bn_epsilon: float = 1e-3):
     """Applies a conv tower + predictor to every pyramid level and flattens per anchor.
 
     Args:
@@ -30,6 +30,7 @@ def dense_head(features: Sequence, num_anchors: int, num_outputs: int, depth: in
         norm: None, "batch" (one BatchNorm per level, EfficientDet) or "group".
         final_bias: bias init of the predictor (use :func:`prior_bias` for classes).
         kernel_std: std of the normal init of the convs (RetinaNet uses 0.01).
+        bn_momentum, bn_epsilon: of the per-level batch norms (``norm="batch"``).
 
     Returns:
         (B, sum_l h_l * w_l * num_anchors, num_outputs) in (level, row, column,
@@ -55,7 +56,8 @@ def dense_head(features: Sequence, num_anchors: int, num_outputs: int, depth: in
         for i, conv in enumerate(convs):
             x = conv(x)
             if norm == "batch":
-                x = keras.layers.BatchNormalization(name=f"{name}_bn{i}_l{level}")(x)
+                x = keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon,
+                                                    name=f"{name}_bn{i}_l{level}")(x)
             elif norm == "group":
                 x = keras.layers.GroupNormalization(32, name=f"{name}_gn{i}_l{level}")(x)
             x = keras.layers.Activation(activation, name=f"{name}_act{i}_l{level}")(x)

@@ -1,2 +1,5 @@
-"""kdet.models."""
+"""kdet.models: the detector builders, one import per architecture."""
+
+from kdet.models.retinanet import RetinaNet
+from kdet.models.efficientdet import EfficientDet
 from kdet.models.yolov3 import YOLOV3

@@ -61,6 +61,9 @@ class SingleStageDetector(Detector):
         force_match_for_each_gt: matcher settings.
         negative_ratio: hard negatives per positive for "softmax".
         pre_nms_top_k: anchors kept (by best class score) before NMS.
+        top_k_per_level: apply ``pre_nms_top_k`` to each pyramid level
+            separately (RetinaNet, Lin et al. 2017, section 4: "top 1k
+            predictions per level") instead of to all anchors at once.
         nms_iou_threshold, score_threshold, max_detections, soft_nms_sigma:
             ``CombinedNMS`` settings.
     """
@@ -72,7 +75,7 @@ class SingleStageDetector(Detector):
                  classification="sigmoid", box_variances=(1.0, 1.0, 1.0, 1.0), positive_threshold=0.5,
                  negative_threshold=0.4, allow_low_quality_matches=True, force_match_for_each_gt=False,
                  negative_ratio=3.0, pre_nms_top_k=1000, nms_iou_threshold=0.5, score_threshold=0.05,
-                 max_detections=100, soft_nms_sigma=0.0, **kwargs):
+                 max_detections=100, soft_nms_sigma=0.0, top_k_per_level=False, **kwargs):
         super().__init__(num_classes, bounding_box_format=bounding_box_format, image_size=image_size,
                          class_names=class_names, **kwargs)
         from kdet.layers import CombinedNMS
@@ -84,6 +87,9 @@ class SingleStageDetector(Detector):
         self.anchor_generator = anchor_generator
         self.classification = classification
         self.anchors = anchor_generator.generate(*self.image_size, feature_shapes=feature_shapes)
+        shapes = feature_shapes or anchor_generator.feature_shapes(*self.image_size)
+        self._level_counts = [int(h * w * a) for (h, w), a in zip(shapes, anchor_generator.anchors_per_location)]
+        self.top_k_per_level = bool(top_k_per_level)
         expected = (None, len(self.anchors), num_classes + (classification == "softmax"))
         cls_shape = tuple(network.output["cls"].shape)
         if cls_shape[1:] != expected[1:]:
@@ -120,11 +126,28 @@ class SingleStageDetector(Detector):
     def postprocess(self, raw):
         boxes = self.decoder(raw["box"], self.anchors, image_shape=self.image_size)
         scores = self.class_scores(raw["cls"])
-        if self.pre_nms_top_k is not None and self.pre_nms_top_k < len(self.anchors):
-            _, top = tf.math.top_k(tf.reduce_max(scores, axis=-1), k=self.pre_nms_top_k)
+        top = self._pre_nms_indices(tf.reduce_max(scores, axis=-1))
+        if top is not None:
             boxes = tf.gather(boxes, top, batch_dims=1)
             scores = tf.gather(scores, top, batch_dims=1)
         return self.nms(boxes, scores)
+
+    def _pre_nms_indices(self, best_scores):
+        """(B, K) indices of the anchors kept before NMS, or None to keep all."""
+        k = self.pre_nms_top_k
+        if k is None or k >= len(self.anchors):
+            return None
+        if not self.top_k_per_level:
+            return tf.math.top_k(best_scores, k=k)[1]
+        indices, start = [], 0
+        for count in self._level_counts:
+            if count > k:
+                indices.append(tf.math.top_k(best_scores[:, start:start + count], k=k)[1] + start)
+            else:  # a small level keeps every anchor
+                all_rows = tf.range(start, start + count)[None]
+                indices.append(tf.tile(all_rows, [tf.shape(best_scores)[0], 1]))
+            start += count
+        return tf.concat(indices, axis=1)
 
     # ----------------------------------------------------------- training
     def compute_losses(self, images, y, raw):

@@ -6,7 +6,7 @@ import keras
 
 
 def fpn(features: dict, min_level: int = 3, max_level: int = 7, width: int = 256,
-        extra_from: str = "output", name: str = "fpn") -> dict:
+        extra_from: str = "output", name: str = "fpn", extra_padding: str = "same") -> dict:
     """Top-down FPN with optional extra coarse levels (RetinaNet's P6/P7).
 
     Backbone levels ``min_level .. 5`` (or up to the coarsest given) get 1x1
@@ -21,10 +21,15 @@ def fpn(features: dict, min_level: int = 3, max_level: int = 7, width: int = 256
         min_level, max_level: output levels.
         width: output channels.
         extra_from: "input" or "output", see above.
+        extra_padding: padding of the stride-2 extra convs: "same" (TensorFlow:
+            (0, 1) on even sizes) or "symmetric" (1 on every side, PyTorch's
+            ``padding=1``; needed to reproduce torchvision checkpoints).
 
     Returns:
         {"P{min_level}": ..., "P{max_level}": ...} with ``width`` channels each.
     """
+    if extra_padding not in ("same", "symmetric"):
+        raise ValueError(f"extra_padding must be 'same' or 'symmetric'; received {extra_padding!r}.")
     if extra_from not in ("input", "output"):
         raise ValueError(f"extra_from must be 'input' or 'output'; received {extra_from!r}.")
     backbone_levels = sorted(int(k[1:]) for k in features if int(k[1:]) >= min_level)
@@ -43,6 +48,9 @@ def fpn(features: dict, min_level: int = 3, max_level: int = 7, width: int = 256
     for lvl in range(top + 1, max_level + 1):
         if lvl > top + 1:
             x = keras.layers.ReLU(name=f"{name}_relu_p{lvl}")(x)
-        x = keras.layers.Conv2D(width, 3, strides=2, padding="same", name=f"{name}_extra_p{lvl}")(x)
+        if extra_padding == "symmetric":
+            x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad_p{lvl}")(x)
+        x = keras.layers.Conv2D(width, 3, strides=2, padding="same" if extra_padding == "same" else "valid",
+                                name=f"{name}_extra_p{lvl}")(x)
         outputs[f"P{lvl}"] = x
     return outputs

@@ -1,0 +1,5 @@
+"""EfficientDet D0-D7 (Tan et al. 2020): EfficientNet + BiFPN."""
+
+from kdet.models.efficientdet.efficientdet import EFFICIENTDET_VARIANTS, EfficientDet, EfficientDetHuberLoss
+
+__all__ = ["EFFICIENTDET_VARIANTS", "EfficientDet", "EfficientDetHuberLoss"]
