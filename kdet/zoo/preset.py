@@ -39,7 +39,7 @@ def _fresh_with_classes(model, num_classes: int):
     config = {**config, "num_classes": num_classes}
     if config.get("class_names") is not None:  # the old names no longer fit
         config["class_names"] = None
-    return type(model).from_config(config)
+    return registry.ensure_built(type(model).from_config(config))
 
 
 def _swap_classes(model, num_classes: int | None):
@@ -76,7 +76,7 @@ def _apply_weights_argument(model, weights: Any):
     if isinstance(weights, str) and weights == "default":
         return model
     if weights is None:  # architecture only: same configuration, fresh weights
-        return type(model).from_config(model.get_config())
+        return registry.ensure_built(type(model).from_config(model.get_config()))
     path = pathlib.Path(weights)
     if not path.name.endswith(".weights.h5"):
         raise ValueError(f"weights for a saved model must be 'default', None or a .weights.h5 "
@@ -118,14 +118,15 @@ def load_preset(directory: str | os.PathLike, weights: Any = "default",
     config = read_config(directory)
     if "builder" in config:
         kwargs = {**config.get("builder_kwargs", {}), **overrides}
-        model = registry.resolve(config["builder"])(**kwargs)
+        model = registry.ensure_built(registry.resolve(config["builder"])(**kwargs))
     else:
         if overrides:
             raise ValueError(f"Builder arguments {sorted(overrides)} need a preset with a "
                              f"'builder'; {directory} stores a serialised keras_config.")
         import keras
 
-        model = keras.saving.deserialize_keras_object(config["keras_config"], safe_mode=True)
+        model = registry.ensure_built(
+            keras.saving.deserialize_keras_object(config["keras_config"], safe_mode=True))
     if isinstance(weights, str) and weights == "default":
         weights_path = directory / config.get("weights", WEIGHTS_FILE)
         if not weights_path.is_file():

@@ -284,7 +284,22 @@ def build(entry: ModelEntry, **kwargs: Any):
     if (names and "class_names" not in kwargs and kwargs.get("num_classes", len(names)) == len(names)
             and _accepts(builder, "class_names")):
         kwargs["class_names"] = list(names)
-    return builder(**kwargs)
+    return ensure_built(builder(**kwargs))
+
+
+def ensure_built(model):
+    """Marks a kdet Detector built so ``save_weights``/``load_weights`` accept it.
+
+    Detectors assemble their networks (and so create every variable) in
+    ``__init__``, but Keras only sets ``built`` in ``build()``, which Keras'
+    weight saving requires.
+    """
+    if not getattr(model, "built", True):
+        from kdet.detector import Detector
+
+        if isinstance(model, Detector):
+            model.build()
+    return model
 
 
 def call_converter(entry: ModelEntry, model, path: str | os.PathLike) -> None:

@@ -405,3 +405,38 @@ def test_two_processes_load_the_same_model(server, kdet_home):
     target = kdet_home / "converted" / f"{NAME}.weights.h5"
     record = json.loads(target.with_name(target.name + ".json").read_text())
     assert record["sha256"] == cache.sha256_file(target)
+
+
+# --- The real Darknet entry, served locally -------------------------------------
+
+def test_yolov3_tiny_entry_end_to_end_from_a_local_server(shared_dir, tmp_path, kdet_home):
+    """`yolov3_tiny_coco` as registered (size, builder, converter, cfg), only its URL local."""
+    import dataclasses
+
+    from kdet.zoo.darknet import load_darknet_weights
+    from tests.zoo.test_darknet import write_random_weights
+
+    weights = tmp_path / "yolov3-tiny.weights"
+    write_random_weights(shared_dir / "data" / "darknet" / "yolov3-tiny.cfg", weights)
+    real = registry.get_entry("yolov3_tiny_coco")
+    assert weights.stat().st_size == real.weights.size  # the published size fits the cfg
+    with LocalServer({"/yolov3-tiny.weights": weights.read_bytes()}) as server:
+        entry = dataclasses.replace(real, name="tiny_fake_yolo", weights=dataclasses.replace(
+            real.weights, url=server.url("/yolov3-tiny.weights")))
+        registry.register(entry)
+        model = kdet.load("tiny_fake_yolo")
+        tuned = kdet.load("tiny_fake_yolo", num_classes=3)
+        assert server.hits["/yolov3-tiny.weights"] == 1
+    assert model.class_names[:2] == ["person", "bicycle"] and tuned.class_names is None
+    reference = registry.build(real)
+    load_darknet_weights(reference, weights, real)
+    for a, b in zip(model.weights, reference.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (kdet_home / "converted" / "tiny_fake_yolo.weights.h5").is_file()
+    # Fine-tuning: every variable but the 3-class output convolutions keeps its value.
+    tuned_values = _weights_of(tuned)
+    copied = [k for k, v in _weights_of(reference).items()
+              if k in tuned_values and tuned_values[k].shape == v.shape]
+    assert len(copied) >= len(reference.weights) - 4  # 2 output convs x (kernel, bias)
+    for key in copied:
+        np.testing.assert_array_equal(tuned_values[key], _weights_of(reference)[key])
