@@ -43,6 +43,7 @@ YOLOV3_COCO_ANCHORS = (
 
 def ssd_anchor_shapes(image_size: int, min_scale: float = 0.2, max_scale: float = 0.9,
                       aspect_ratios: Sequence[Sequence[float]] = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+                      scales: Sequence[float] | None = None,
                       ) -> list[list[tuple[float, float]]]:
     """SSD default-box (width, height) per level (Liu et al. 2016, section 2.2, eq. (4)).
 
@@ -50,11 +51,20 @@ def ssd_anchor_shapes(image_size: int, min_scale: float = 0.2, max_scale: float 
     location: ratio 1 at s_k, ratio 1 at ``sqrt(s_k s_{k+1})`` and each ratio
     ``a`` and ``1/a`` (``w = s sqrt(a)``, ``h = s / sqrt(a)``).
 
+    ``scales`` optionally gives s_1 .. s_{m+1} explicitly (overriding
+    min/max; torchvision's SSD300 uses 0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05).
+
     Returns:
         list over levels of lists of (width, height) in pixels of ``image_size``.
     """
     m = len(aspect_ratios)
-    scales = [min_scale + (max_scale - min_scale) * k / (m - 1) for k in range(m)] + [1.0]
+    if scales is not None:
+        scales = [float(s) for s in scales]
+        if len(scales) != m + 1:
+            raise ValueError(f"scales needs {m + 1} values (one per level plus the last s_(m+1)); "
+                             f"received {len(scales)}.")
+    else:
+        scales = [min_scale + (max_scale - min_scale) * k / (m - 1) for k in range(m)] + [1.0]
     shapes = []
     for k, ratios in enumerate(aspect_ratios):
         s, s_next = scales[k], scales[k + 1]

@@ -10,7 +10,8 @@ def yolo_box_loss(y_true, y_pred):
     """Element-wise YOLOv3 box loss of raw outputs against YOLO targets.
 
     ``x, y``: binary cross-entropy between ``sigmoid(t_x)`` and the target
-    offset of the centre inside its cell (in [0, 1]); ``w, h``: half squared
+    offset of the centre inside its cell (in [0, 1]), minus the target's
+    entropy so that a perfect fit scores 0; ``w, h``: half squared
     error of ``t_w`` against ``log(w / anchor_w)`` (Redmon and Farhadi 2018,
     section 2.1: "sum of squared error loss" on the coordinates; the logistic
     xy term is the common re-implementation, e.g. qqwweee/keras-yolo3, whose
@@ -24,13 +25,16 @@ def yolo_box_loss(y_true, y_pred):
         (..., 4) float32 per-coordinate losses (sum them per anchor).
 
     Example:
-        >>> loss = yolo_box_loss([[0.5, 0.5, 0.0, 0.0]], [[0.0, 0.0, 0.0, 0.0]])
+        >>> loss = yolo_box_loss([[0.5, 0.5, 0.0, 0.0]], [[0.0, 0.0, 0.0, 0.0]])  # exact fit
         >>> [round(float(v), 4) for v in loss[0]]
-        [0.6931, 0.6931, 0.0, 0.0]
+        [0.0, 0.0, 0.0, 0.0]
     """
     y_true = tf.cast(y_true, tf.float32)
     y_pred = tf.cast(y_pred, tf.float32)
-    xy = tf.nn.sigmoid_cross_entropy_with_logits(labels=y_true[..., :2], logits=y_pred[..., :2])
+    target_xy = tf.clip_by_value(y_true[..., :2], 0.0, 1.0)
+    xy = tf.nn.sigmoid_cross_entropy_with_logits(labels=target_xy, logits=y_pred[..., :2])
+    # Minus the targets' own entropy (constant, no gradient): the loss is 0 at a perfect fit.
+    xy -= -(tf.math.xlogy(target_xy, target_xy) + tf.math.xlogy(1.0 - target_xy, 1.0 - target_xy))
     wh = 0.5 * tf.square(y_pred[..., 2:] - y_true[..., 2:])
     return tf.concat([xy, wh], axis=-1)
 
@@ -44,7 +48,7 @@ class YOLOBoxLoss(keras.losses.Loss):
         sample_weight: (B, A), e.g. positives times the ``2 - w * h`` scale.
 
     Example:
-        >>> float(YOLOBoxLoss()([[0.5, 0.5, 0.0, 0.0]], [[0.0, 0.0, 0.0, 0.0]])) > 0
+        >>> float(YOLOBoxLoss()([[0.5, 0.5, 0.0, 0.0]], [[2.0, 0.0, 0.0, 0.0]])) > 0
         True
     """
 

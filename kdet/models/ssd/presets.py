@@ -1,0 +1,42 @@
+"""SSD configurations per backbone: sources, extra blocks, default boxes, preprocessing."""
+
+from __future__ import annotations
+
+from kdet.necks.ssd_extra import SSD300_EXTRAS, SSD512_EXTRAS
+
+# Box-coder variances of SSD (Caffe prior_variance; torchvision weights (10, 10, 5, 5)).
+SSD_VARIANCES = (0.1, 0.1, 0.2, 0.2)
+# Default-box aspect ratios per level (Liu et al. 2016, section 3): {1, 2, 1/2} on the first
+# and last two sources, {1, 2, 3, 1/2, 1/3} elsewhere (1 and sqrt(s_k s_k+1) always added).
+SSD300_ASPECT_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
+SSD512_ASPECT_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,))
+# Caffe SSD's steps ("step" of each prior-box layer): centres at (i + 0.5) * step.
+SSD300_STEPS = (8, 16, 32, 64, 100, 300)
+SSD512_STEPS = (8, 16, 32, 64, 128, 256, 512)
+# Scale range of the default boxes (paper: s_min 0.2, s_max 0.9; 0.15 for SSD512).
+SSD300_SCALES = (0.2, 0.9)
+SSD512_SCALES = (0.15, 0.9)
+# torchvision / Caffe SSD subtract the ImageNet mean from 0..255 RGB pixels (no std).
+VGG_MEAN_RGB = (123.0, 117.0, 104.0)
+# Matching and inference (Liu et al. 2016, section 2.2-3; torchvision SSD: nms 0.45,
+# score 0.01, 200 detections, 400 candidates).
+SSD_NMS_IOU = 0.45
+SSD_SCORE_THRESHOLD = 0.01
+
+PRESETS = {
+    "vgg16": dict(sizes={300: dict(extras=SSD300_EXTRAS, steps=SSD300_STEPS, aspect_ratios=SSD300_ASPECT_RATIOS,
+                                   scales=SSD300_SCALES),
+                         512: dict(extras=SSD512_EXTRAS, steps=SSD512_STEPS, aspect_ratios=SSD512_ASPECT_RATIOS,
+                                   scales=SSD512_SCALES)},
+                  default_size=300, extras=SSD300_EXTRAS, separable=False,
+                  preprocessing=dict(scale=1.0, mean=VGG_MEAN_RGB)),
+    # SSDLite (Sandler et al. 2018, section 6.2): MobileNetV2 stride 16 and 32 + 4 separable extras.
+    "mobilenet_v2": dict(sizes={}, default_size=320, separable=True,
+                         extras=((256, 512, 3, 2, 1), (128, 256, 3, 2, 1), (128, 256, 3, 2, 1), (64, 128, 3, 2, 1)),
+                         preprocessing=dict(scale=1.0 / 127.5, mean=(1.0, 1.0, 1.0))),
+    # kdet's tiny CNN: P3-P5 + two extras (16, 8, 4, 2, 1 at 128 px).
+    "tiny": dict(sizes={}, default_size=128, separable=False, extras=((64, 128, 3, 2, 1), (64, 128, 3, 2, 1)),
+                 aspect_ratios=((2,), (2, 3), (2, 3), (2,), (2,)), scales=(0.1, 0.9),
+                 preprocessing=dict(scale=1.0 / 255.0, mean=(0.0, 0.0, 0.0))),
+}
+BACKBONE_NAMES = tuple(PRESETS)
