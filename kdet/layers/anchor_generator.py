@@ -13,6 +13,9 @@ between upstream checkpoints are parameters:
   ``w = size * scale / sqrt(r)``, ``h = size * scale * sqrt(r)``.
 * ``order``: "ratio_major" (torchvision: for each ratio, each scale) or
   "scale_major" (automl: for each scale, each ratio).
+* ``stride_from_grid``: torchvision spaces a level's anchors by
+  ``image_size // feature_size`` (e.g. 106 px, not 128, for P7 of a 320-px
+  image whose P7 map is 3x3); off, the nominal ``strides`` are used.
 
 For SSD default boxes and YOLO anchor sets, pass explicit per-level
 ``(width, height)`` lists through ``anchor_shapes`` (see :func:`ssd_anchor_shapes`
@@ -89,6 +92,8 @@ class AnchorGenerator(keras.layers.Layer):
         order: "ratio_major" or "scale_major" order of anchors at a location.
         anchor_shapes: optional explicit per-level lists of (width, height)
             (SSD default boxes, YOLO anchors); overrides sizes/scales/ratios.
+        stride_from_grid: space anchors by ``input // feature size`` per axis
+            (torchvision) instead of the nominal strides.
 
     Call:
         ``layer(images)`` with images (B, H, W, C) -> anchors (A, 4) float32,
@@ -105,7 +110,8 @@ class AnchorGenerator(keras.layers.Layer):
                  sizes: Sequence[float] = RETINANET_SIZES, scales: Sequence[float] = RETINANET_SCALES,
                  aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS, offset: float = 0.5,
                  round_base_anchors: bool = False, order: str = "ratio_major",
-                 anchor_shapes: Sequence[Sequence[Sequence[float]]] | None = None, **kwargs):
+                 anchor_shapes: Sequence[Sequence[Sequence[float]]] | None = None,
+                 stride_from_grid: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.strides = [int(s) for s in strides]
         if not self.strides or min(self.strides) <= 0:
@@ -118,6 +124,7 @@ class AnchorGenerator(keras.layers.Layer):
         self.offset = float(offset)
         self.round_base_anchors = bool(round_base_anchors)
         self.order = order
+        self.stride_from_grid = bool(stride_from_grid)
         self.anchor_shapes = (
             None if anchor_shapes is None else [[(float(w), float(h)) for w, h in lvl] for lvl in anchor_shapes]
         )
@@ -164,10 +171,13 @@ class AnchorGenerator(keras.layers.Layer):
         """Feature map (h, w) per level: ceil(input / stride)."""
         return [(-(-height // s), -(-width // s)) for s in self.strides]
 
-    def _level(self, level, fh, fw):
-        stride = float(self.strides[level])
-        xs = (tf.cast(tf.range(fw), tf.float32) + self.offset) * stride
-        ys = (tf.cast(tf.range(fh), tf.float32) + self.offset) * stride
+    def _level(self, level, fh, fw, height=None, width=None):
+        stride_y = stride_x = float(self.strides[level])
+        if self.stride_from_grid:
+            stride_y = tf.cast(height // fh, tf.float32)
+            stride_x = tf.cast(width // fw, tf.float32)
+        xs = (tf.cast(tf.range(fw), tf.float32) + self.offset) * stride_x
+        ys = (tf.cast(tf.range(fh), tf.float32) + self.offset) * stride_y
         cy, cx = tf.meshgrid(ys, xs, indexing="ij")
         shifts = tf.stack([cx, cy, cx, cy], axis=-1)[:, :, None, :]  # (fh, fw, 1, 4)
         anchors = shifts + tf.constant(self.base_anchors(level))[None, None]
@@ -179,7 +189,8 @@ class AnchorGenerator(keras.layers.Layer):
         width = images.shape[2] if images.shape[2] is not None else shape[2]
         if feature_shapes is None:
             feature_shapes = self.feature_shapes(height, width)
-        return tf.concat([self._level(i, fh, fw) for i, (fh, fw) in enumerate(feature_shapes)], axis=0)
+        return tf.concat([self._level(i, fh, fw, height, width) for i, (fh, fw) in enumerate(feature_shapes)],
+                         axis=0)
 
     def generate(self, height: int, width: int, feature_shapes=None) -> np.ndarray:
         """NumPy anchors (A, 4) for an input of ``height`` x ``width``."""
@@ -197,6 +208,6 @@ class AnchorGenerator(keras.layers.Layer):
         config.update(
             strides=self.strides, sizes=self.sizes, scales=self.scales, aspect_ratios=self.aspect_ratios,
             offset=self.offset, round_base_anchors=self.round_base_anchors, order=self.order,
-            anchor_shapes=self.anchor_shapes,
+            anchor_shapes=self.anchor_shapes, stride_from_grid=self.stride_from_grid,
         )
         return config

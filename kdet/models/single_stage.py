@@ -105,6 +105,7 @@ class SingleStageDetector(Detector):
         self.nms = CombinedNMS(max_output_size_per_class=max_detections, max_total_size=max_detections,
                                iou_threshold=nms_iou_threshold, score_threshold=score_threshold,
                                soft_nms_sigma=soft_nms_sigma, name="combined_nms")
+        self.built = True  # the functional network is built already: count_params() etc. work at once
 
     @property
     def backbone(self):

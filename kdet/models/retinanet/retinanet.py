@@ -40,7 +40,8 @@ def torchvision_anchor_generator() -> AnchorGenerator:
     """torchvision's ``retinanet_resnet50_fpn`` anchors: sizes ``(x, int(x 2^(1/3)), int(x 2^(2/3)))``.
 
     Centred on the grid corners (offset 0), base anchors rounded, ratio-major
-    order: pass it as ``RetinaNet(..., anchor_generator=torchvision_anchor_generator())``
+    order, spaced by ``image // feature size`` (so P7 of a 320-px image uses
+    106 px): pass it as ``RetinaNet(..., anchor_generator=torchvision_anchor_generator())``
     to run converted torchvision weights.
     """
     shapes = []
@@ -48,7 +49,7 @@ def torchvision_anchor_generator() -> AnchorGenerator:
         sizes = (size, int(size * 2 ** (1 / 3)), int(size * 2 ** (2 / 3)))  # truncation as upstream
         shapes.append([(s / r ** 0.5, s * r ** 0.5) for r in DEFAULT_ASPECT_RATIOS for s in sizes])
     return AnchorGenerator(strides=(8, 16, 32, 64, 128), anchor_shapes=shapes, offset=0.0,
-                           round_base_anchors=True, name="anchor_generator")
+                           round_base_anchors=True, stride_from_grid=True, name="anchor_generator")
 
 
 def _split_options(kwargs: dict, defaults: dict) -> dict:
