@@ -223,7 +223,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     model = _load_model(args.model, weights=None if args.from_scratch else (args.weights or "default"), **kwargs)
     train = _dataset(args.data, "train", model, args.batch_size)
-    model.compile()
+    # No COCO metric during training: there is no validation split here, and the
+    # metric cannot be attached to a model that is already built (e.g. loaded).
+    model.compile(**({"evaluate_coco": False} if "evaluate_coco" in
+                     inspect.signature(model.compile).parameters else {}))
     model.fit(train, epochs=epochs, steps_per_epoch=args.steps, verbose=2)
     out = args.out or f"{pathlib.Path(args.model).name.removesuffix('.keras')}.keras"
     model.save(out)
