@@ -2,3 +2,5 @@
 
 from kdet.heads.dense import dense_head, prior_bias
 from kdet.heads.yolo import split_yolo_outputs, yolo_head
+from kdet.heads.roi_box import roi_box_head
+from kdet.heads.rpn import rpn_head

@@ -3,3 +3,4 @@
 from kdet.targets.anchor_labeler import AnchorLabelEncoder
 from kdet.targets.box_matcher import BACKGROUND, IGNORE, POSITIVE, match_boxes
 from kdet.targets.yolo_assigner import YOLOAssigner
+from kdet.targets.samplers import RoITargetSampler, RPNTargetSampler, balanced_sample
