@@ -161,10 +161,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     """Exports a model with decoding and NMS inside the graph."""
-    model = _load_model(args.model, args.weights or "default")
-    kwargs = {"quantization": args.quantization} if args.quantization else {}
     if args.quantization and args.format != "litert":
         raise CLIError("--quantization applies to --format litert only")
+    model = _load_model(args.model, args.weights or "default")
+    kwargs = {"quantization": args.quantization} if args.quantization else {}
     model.export(args.out, format=args.format, **kwargs)
     print(args.out)
     return EXIT_OK

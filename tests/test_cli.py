@@ -196,3 +196,19 @@ def test_train_saves_a_loadable_trained_model(tmp_path, capsys):
     trained = kdet.load(str(out))
     changed = [not np.array_equal(a, b) for a, b in zip(trained.get_weights(), model.get_weights())]
     assert any(changed)
+
+
+def test_export_saved_model(tmp_path, capsys):
+    import tensorflow as tf
+    from tests.helpers import TinyAnchorDetector
+
+    model = TinyAnchorDetector(image_size=64, width=8)
+    model.save(tmp_path / "m.keras")
+    out = tmp_path / "exported"
+    assert cli.main(["export", str(tmp_path / "m.keras"), "--format", "tf_saved_model",
+                     "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert tf.saved_model.contains_saved_model(str(out))
+    assert cli.main(["export", "mtcnn", "--format", "tf_saved_model", "--out", str(out),
+                     "--quantization", "int8"]) == 2
+    assert "applies to --format litert only" in capsys.readouterr().err
