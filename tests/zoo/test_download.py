@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import kdet
-from kdet.zoo import cache, download
+from kdet.zoo import cache
 from kdet.zoo.download import DownloadVerificationError, check_url, extract_tar_safely, fetch
 from tests.zoo.local_server import LocalServer, Route, closed_port_url
 
