@@ -4,3 +4,4 @@ from kdet.models.retinanet import RetinaNet
 from kdet.models.efficientdet import EfficientDet
 from kdet.models.yolov3 import YOLOV3
 from kdet.models.ssd import SSD
+from kdet.models.faster_rcnn import FasterRCNN
