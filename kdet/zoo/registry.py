@@ -364,7 +364,8 @@ def load(name: str | os.PathLike, weights: str | os.PathLike | None = "default",
             entries stay randomly initialised). None: architecture only. A path:
             a kdet ``.weights.h5`` file, or an upstream checkpoint (Darknet
             ``.weights``, ``.pth``, automl directory or tarball) converted on
-            the fly without any download.
+            the fly without any download. For entries whose builder loads
+            packaged weights itself (MTCNN), ``weights`` is passed to the builder.
         num_classes: number of object classes. When it differs from the
             checkpoint's, the model is built with the checkpoint's classes,
             the weights are loaded, and every variable whose path and shape
