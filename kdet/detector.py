@@ -29,7 +29,14 @@ import tensorflow as tf
 
 from kdet.data.images import load_image
 from kdet.ops.boxes import convert_format
-from kdet.validation import check_box_format, check_image_size, check_positive_int
+from kdet.validation import (
+    check_box_format,
+    check_degenerate_xyxy,
+    check_ground_truth,
+    check_image_size,
+    check_images,
+    check_positive_int,
+)
 
 OUTPUT_KEYS = ("boxes", "scores", "labels", "num_detections")
 
@@ -164,6 +171,38 @@ class Detector(keras.Model):
             total += tf.add_n([tf.cast(v, tf.float32) for v in self.losses])
         return total
 
+    def validate_arrays(self, x, y=None) -> None:
+        """Checks in-memory (NumPy) images and ground truth before training or evaluation.
+
+        Raises ``ValueError`` for wrong ranks or channels, empty batches, NaN/inf
+        boxes, degenerate boxes (x2 < x1) and labels outside [0, num_classes).
+        Datasets are checked inside the graph only for shapes.
+        """
+        if isinstance(x, np.ndarray):
+            checked = check_images(x, name="x")
+            if checked.shape[-1] != x.shape[-1] or checked.ndim != x.ndim:
+                raise ValueError(
+                    f"x has shape {x.shape}; detectors take RGB (batch, height, width, 3). Convert "
+                    "grayscale/RGBA first (kdet.data.load_image does it per image)."
+                )
+        if isinstance(y, dict) and all(isinstance(v, (np.ndarray, list)) for v in y.values()):
+            y = check_ground_truth(y, self.num_classes)
+            height = width = None
+            if isinstance(x, np.ndarray):
+                height, width = x.shape[1], x.shape[2]
+            if not self.bounding_box_format.startswith("rel_") or height is not None:
+                boxes = convert_format(y["boxes"], self.bounding_box_format, "xyxy",
+                                       height=height, width=width).numpy()
+                check_degenerate_xyxy(boxes, y["labels"], name="y['boxes']")
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        self.validate_arrays(x, y)
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self.validate_arrays(x, y)
+        return super().evaluate(x, y, *args, **kwargs)
+
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         raw = self.raw_outputs(x, training=False)
@@ -193,11 +232,34 @@ class Detector(keras.Model):
             )
         self.box_loss = self.resolve_box_loss(box_loss)
         self.classification_loss = classification_loss or self.default_classification_loss()
+        self._coco_metric = None
         if evaluate_coco:
             from kdet.metrics import COCOMeanAveragePrecision
 
             self._coco_metric = COCOMeanAveragePrecision(bounding_box_format=self.bounding_box_format)
+            # The COCO metric accumulates through tf.py_function, which XLA cannot compile;
+            # keep the train/test steps off XLA unless the caller asks (predict is XLA-safe).
+            kwargs.setdefault("jit_compile", False)
+        self._compile_args = {"evaluate_coco": bool(evaluate_coco)}
         super().compile(optimizer=optimizer or self.default_optimizer(), metrics=metrics, **kwargs)
+
+    def get_compile_config(self):
+        if not getattr(self, "compiled", False):
+            return None
+        return {
+            "optimizer": keras.saving.serialize_keras_object(self.optimizer),
+            "box_loss": keras.saving.serialize_keras_object(self.box_loss),
+            "classification_loss": keras.saving.serialize_keras_object(self.classification_loss),
+            **self._compile_args,
+        }
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        for key in ("optimizer", "box_loss", "classification_loss"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        self.compile(**config)
+        if self.built and self.optimizer is not None:
+            self.optimizer.build(self.trainable_variables)
 
     # Defaults a subclass may override.
     def default_optimizer(self):

@@ -11,6 +11,7 @@ from kdet.layers.anchor_generator import AnchorGenerator
 from kdet.layers.image_preprocessing import ImagePreprocessing
 from kdet.models.single_stage import SingleStageDetector
 from kdet.necks.fpn import fpn
+from kdet.validation import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="kdet_tests")
@@ -18,6 +19,7 @@ class TinyAnchorDetector(SingleStageDetector):
     """The minimal anchor-based detector of the foundation tests: tiny backbone, shared heads on P3-P5."""
 
     def __init__(self, num_classes=3, image_size=128, bounding_box_format="xyxy", width=32, **kwargs):
+        check_positive_int("num_classes", num_classes)
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         backbone = tiny_backbone(size)
         inputs = keras.Input((*size, 3))

@@ -161,5 +161,19 @@ def test_bad_input_messages():
         TinyAnchorDetector(num_classes=0)
     with pytest.raises(ValueError, match="bounding_box_format"):
         TinyAnchorDetector(bounding_box_format="xyzw")
+    x, y = synthetic_arrays(2, 128, seed=0)
+    bad_labels = dict(y, labels=np.where(y["labels"] >= 0, 7, -1))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        model.fit(x, bad_labels, epochs=1, verbose=0)
+    flipped = dict(y, boxes=y["boxes"][..., [2, 3, 0, 1]])
+    with pytest.raises(ValueError, match="degenerate"):
+        model.fit(x, flipped, epochs=1, verbose=0)
+    nan = dict(y, boxes=np.where(y["labels"][..., None] >= 0, np.nan, y["boxes"]).astype(np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        model.fit(x, nan, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="RGB"):
+        model.fit(x[..., :1], y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="empty batch"):
+        model.fit(x[:0], y, epochs=1, verbose=0)
     with pytest.raises(FileNotFoundError):
         model.detect("/nonexistent/image.jpg")

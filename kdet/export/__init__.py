@@ -1,1 +1,28 @@
-"""kdet.export."""
+"""Export: SavedModel and LiteRT (TFLite) with decoding and NMS inside the graph.
+
+Example:
+    >>> model.export("out/model", format="tf_saved_model")        # doctest: +SKIP
+    >>> kdet.export.litert(model, "out/model.tflite", quantization="float16")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from kdet.export.litert import assert_builtin_only, litert, litert_operators, run_litert
+from kdet.export.saved_model import saved_model
+
+FORMATS = ("tf_saved_model", "litert")
+
+
+def export(model, filepath, format: str = "tf_saved_model", **kwargs):
+    """Exports a kdet detector; ``format`` is "tf_saved_model" or "litert".
+
+    Keyword arguments go to :func:`saved_model` or :func:`litert`.
+    """
+    if format == "tf_saved_model":
+        return saved_model(model, filepath, **kwargs)
+    if format in ("litert", "tflite"):
+        return litert(model, filepath, **kwargs)
+    raise ValueError(f"format must be one of {FORMATS}; received {format!r}.")
+
+
+__all__ = ["export", "saved_model", "litert", "run_litert", "litert_operators", "assert_builtin_only"]

@@ -1,0 +1,97 @@
+"""LiteRT (TFLite) export with NMS inside, builtin ops only, and helpers to run and inspect it."""
+
+from __future__ import annotations
+
+import pathlib
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from kdet.export.saved_model import saved_model, serving_shape
+
+QUANTIZATIONS = (None, "float16", "dynamic_int8", "int8")
+
+
+def litert(model, filepath, quantization: str | None = None, representative_data=None, image_size=None):
+    """Converts a kdet detector to a ``.tflite`` file with builtin ops only.
+
+    The signature ``serving_default`` takes float32 raw pixels (1..B, H, W, 3)
+    and returns outputs named ``boxes``, ``scores``, ``labels``,
+    ``num_detections`` (the API.md dict); NMS runs as the builtin
+    NON_MAX_SUPPRESSION_V4/V5 ops.
+
+    Args:
+        model: a kdet detector.
+        filepath: the ``.tflite`` path to write.
+        quantization: None (float32), "float16", "dynamic_int8" (weights) or
+            "int8" (weights and activations, calibrated on ``representative_data``).
+        representative_data: iterable of (1, H, W, 3) float32 image batches, for "int8".
+        image_size: (height, width) of the exported input; default the model's.
+
+    Returns:
+        The path written. Raises ``ValueError`` if the converter needed ops
+        outside the builtin set.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}; received {quantization!r}.")
+    if quantization == "int8" and representative_data is None:
+        raise ValueError("quantization='int8' needs representative_data: an iterable of image batches.")
+    if serving_shape(model, image_size)[1] is None:
+        raise ValueError(
+            f"{type(model).__name__} has no fixed image_size; pass image_size=(height, width) for LiteRT."
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        saved_model(model, tmp, image_size=image_size)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantization == "int8":
+            data = list(representative_data)
+            converter.representative_dataset = lambda: ([np.asarray(x, np.float32)] for x in data)
+        content = converter.convert()
+    path = pathlib.Path(filepath)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    assert_builtin_only(path)
+    return path
+
+
+def litert_operators(path) -> list[str]:
+    """Names of the operator codes in a ``.tflite`` flatbuffer (custom ops by their custom code)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    buf = pathlib.Path(path).read_bytes()
+    model = schema.Model.GetRootAsModel(buf, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    ops = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            ops.append("CUSTOM:" + code.CustomCode().decode())
+        else:
+            ops.append(names.get(builtin, str(builtin)))
+    return ops
+
+
+def assert_builtin_only(path) -> None:
+    """Raises ``ValueError`` if the model uses Flex (Select TF) or custom ops."""
+    custom = [op for op in litert_operators(path) if op.startswith("CUSTOM:")]
+    if custom:
+        raise ValueError(f"{path} needs non-builtin ops {custom}; kdet exports builtin ops only.")
+
+
+def run_litert(path, images) -> dict:
+    """Runs a kdet ``.tflite`` file with ``ai_edge_litert`` on a batch; returns the output dict."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    images = np.asarray(images, np.float32)
+    interpreter = Interpreter(model_path=str(path))
+    runner = interpreter.get_signature_runner("serving_default")
+    input_name = interpreter.get_signature_list()["serving_default"]["inputs"][0]
+    # The signature runner resizes its input to the batch given and reallocates.
+    return runner(**{input_name: images})
