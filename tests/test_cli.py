@@ -190,7 +190,7 @@ def test_train_saves_a_loadable_trained_model(tmp_path, capsys):
     model = TinyAnchorDetector(image_size=64, width=8)
     model.save(tmp_path / "m.keras")
     out = tmp_path / "trained.keras"
-    assert cli.main(["train", str(tmp_path / "m.keras"), "--data", "synthetic:4", "--epochs", "1",
+    assert cli.main(["train", str(tmp_path / "m.keras"), "--data", "synthetic:2", "--epochs", "1",
                      "--batch-size", "2", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip().endswith(str(out))
     trained = kdet.load(str(out))
