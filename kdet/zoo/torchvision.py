@@ -1,0 +1,232 @@
+"""torchvision detection ``state_dict`` -> kdet weights, with explicit key maps.
+
+Conventions of the conversion (torchvision 0.8+ ``models/detection``):
+
+* Convs: PyTorch kernels are (out, in, kh, kw); Keras (kh, kw, in, out).
+* ``FrozenBatchNorm2d`` (weight, bias, running_mean, running_var; eps 1e-5)
+  maps onto ``BatchNormalization`` (gamma, beta, moving_mean,
+  moving_variance) of kdet's torchvision-style ResNet (eps 1e-5).
+* Dense heads: both libraries lay out a level's prediction channels
+  anchor-major (anchor ``a``'s outputs are channels ``a * K .. a * K + K - 1``)
+  and flatten (y, x, anchor), so only the class axis changes.
+* Labels: torchvision's COCO heads have 91 outputs indexed by COCO category id
+  (0 = background, 10 ids unused). kdet's COCO models have the 80 contiguous
+  labels of :mod:`kdet.zoo.coco_classes`; the converter keeps the channels of
+  ``COCO_CATEGORY_IDS`` (and channel 0 where the kdet model has a background
+  class). A kdet model with 91 classes receives all channels unchanged.
+
+Every torchvision key (but ``num_batches_tracked``) must be consumed and every
+kdet weight assigned, otherwise :class:`ValueError` lists the difference.
+
+Example:
+    >>> from kdet.zoo.pth import load_state_dict
+    >>> model = torchvision_retinanet(image_size=800)                        # doctest: +SKIP
+    >>> convert_retinanet(model, load_state_dict("retinanet_resnet50_fpn_coco-eeacb38b.pth"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from kdet.zoo.coco_classes import COCO_CATEGORY_IDS
+
+# torchvision's COCO heads: background + category ids 1..90.
+TORCHVISION_COCO_OUTPUTS = 91
+# ResNet-50 bottleneck blocks per stage (torchvision layer1..layer4).
+RESNET50_BLOCKS = (3, 4, 6, 3)
+
+
+def conv_weights(state: Mapping[str, np.ndarray], key: str, bias: bool = True) -> list[np.ndarray]:
+    """``key.weight`` (out, in, kh, kw) [+ ``key.bias``] -> Keras [kernel (kh, kw, in, out), bias]."""
+    weights = [np.transpose(state[f"{key}.weight"], (2, 3, 1, 0))]
+    return weights + [state[f"{key}.bias"]] if bias else weights
+
+
+def batch_norm_weights(state: Mapping[str, np.ndarray], key: str) -> list[np.ndarray]:
+    """``FrozenBatchNorm2d`` -> Keras ``BatchNormalization`` [gamma, beta, moving_mean, moving_variance]."""
+    return [state[f"{key}.{name}"] for name in ("weight", "bias", "running_mean", "running_var")]
+
+
+def dense_weights(state: Mapping[str, np.ndarray], key: str) -> list[np.ndarray]:
+    """``nn.Linear`` (out, in) -> Keras ``Dense`` [kernel (in, out), bias]."""
+    return [np.transpose(state[f"{key}.weight"]), state[f"{key}.bias"]]
+
+
+def class_channels(num_classes: int, background: bool) -> np.ndarray:
+    """Indices of torchvision's 91 COCO outputs that feed a kdet head with ``num_classes`` classes.
+
+    Args:
+        num_classes: 80 (kdet's contiguous COCO labels) or 91 (torchvision's
+            id space kept as is; background included when ``background``).
+        background: whether the kdet head has a leading background output
+            (Faster R-CNN, SSD) or not (RetinaNet: sigmoid, no background).
+    """
+    if num_classes == 80:
+        ids = np.asarray(COCO_CATEGORY_IDS)
+        return np.concatenate([[0], ids]) if background else ids
+    if num_classes + int(background) == TORCHVISION_COCO_OUTPUTS or num_classes == TORCHVISION_COCO_OUTPUTS:
+        return np.arange(TORCHVISION_COCO_OUTPUTS)
+    raise ValueError(f"A torchvision COCO head converts into a kdet model with 80 classes (COCO labels) or "
+                     f"{TORCHVISION_COCO_OUTPUTS - int(background)}; received num_classes={num_classes}.")
+
+
+def select_anchor_channels(arrays: list[np.ndarray], per_anchor: int, keep: np.ndarray) -> list[np.ndarray]:
+    """Keeps channels ``keep`` of each anchor's block in an anchor-major conv [kernel, bias]."""
+    kernel, bias = arrays
+    anchors = bias.shape[0] // per_anchor
+    index = (np.arange(anchors)[:, None] * per_anchor + keep[None, :]).reshape(-1)
+    return [kernel[..., index], bias[index]]
+
+
+def resnet_key_map(prefix: str = "backbone.body.", blocks=RESNET50_BLOCKS) -> dict[str, tuple[str, str]]:
+    """kdet ResNet layer name -> (kind, torchvision key) for ``torchvision.models.resnet``."""
+    mapping = {"conv1_conv": ("conv_nobias", f"{prefix}conv1"), "conv1_bn": ("bn", f"{prefix}bn1")}
+    for stage, count in enumerate(blocks, start=1):
+        for block in range(count):
+            torch_block, kdet_block = f"{prefix}layer{stage}.{block}", f"conv{stage + 1}_block{block + 1}"
+            for k in (1, 2, 3):
+                mapping[f"{kdet_block}_{k}_conv"] = ("conv_nobias", f"{torch_block}.conv{k}")
+                mapping[f"{kdet_block}_{k}_bn"] = ("bn", f"{torch_block}.bn{k}")
+            if block == 0:
+                mapping[f"{kdet_block}_0_conv"] = ("conv_nobias", f"{torch_block}.downsample.0")
+                mapping[f"{kdet_block}_0_bn"] = ("bn", f"{torch_block}.downsample.1")
+    return mapping
+
+
+def fpn_key_map(levels, prefix: str = "backbone.fpn.", extra: tuple = ()) -> dict[str, tuple[str, str]]:
+    """kdet ``fpn`` layer names -> torchvision ``FeaturePyramidNetwork`` keys (inner/layer blocks, P6/P7)."""
+    mapping = {}
+    for index, level in enumerate(levels):
+        mapping[f"fpn_lateral_p{level}"] = ("conv", f"{prefix}inner_blocks.{index}.0")
+        mapping[f"fpn_output_p{level}"] = ("conv", f"{prefix}layer_blocks.{index}.0")
+    for level in extra:
+        mapping[f"fpn_extra_p{level}"] = ("conv", f"{prefix}extra_blocks.p{level}")
+    return mapping
+
+
+def _layers_by_name(model) -> dict:
+    """Every weighted layer of ``model`` (recursing into nested models), by name."""
+    found = {}
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if hasattr(layer, "layers") and layer.weights:
+            stack.extend(layer.layers)
+        elif layer.weights:
+            if layer.name in found:
+                raise ValueError(f"Two weighted layers are named {layer.name!r}; the key map needs unique names.")
+            found[layer.name] = layer
+    return found
+
+
+def _weights_of(kind: str, state, key: str) -> list[np.ndarray]:
+    if kind == "conv":
+        return conv_weights(state, key)
+    if kind == "conv_nobias":
+        return conv_weights(state, key, bias=False)
+    if kind == "bn":
+        return batch_norm_weights(state, key)
+    if kind == "dense":
+        return dense_weights(state, key)
+    raise ValueError(f"unknown weight kind {kind!r}")
+
+
+def _consumed_keys(kind: str, key: str) -> list[str]:
+    if kind == "bn":
+        return [f"{key}.{n}" for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    return [f"{key}.weight"] + ([] if kind == "conv_nobias" else [f"{key}.bias"])
+
+
+def apply_key_map(model, state: Mapping[str, np.ndarray], key_map: dict, transforms: dict | None = None,
+                  ignore: tuple = ()) -> None:
+    """Sets the weights of ``model``'s layers from ``state`` following ``key_map``.
+
+    Args:
+        model: a kdet model (nested sub-models are searched by layer name).
+        state: torchvision ``state_dict`` as ``{key: np.ndarray}``.
+        key_map: {kdet layer name: (kind, torchvision key prefix)}, kind one of
+            "conv", "conv_nobias", "bn", "dense".
+        transforms: {kdet layer name: f(list of arrays) -> list of arrays}
+            applied after the layout conversion (class-channel selection).
+        ignore: torchvision keys deliberately not converted.
+
+    Raises:
+        ValueError: a key is missing, a torchvision key is left unused, a kdet
+            weighted layer is left unassigned, or a shape disagrees.
+    """
+    transforms = transforms or {}
+    layers = _layers_by_name(model)
+    missing_layers = sorted(set(key_map) - set(layers))
+    unmapped_layers = sorted(set(layers) - set(key_map))
+    needed = {k for kind, key in key_map.values() for k in _consumed_keys(kind, key) if "num_batches" not in k}
+    missing_keys = sorted(needed - set(state))
+    unused_keys = sorted(k for k in set(state) - needed - set(ignore) if not k.endswith("num_batches_tracked"))
+    if missing_layers or unmapped_layers or missing_keys or unused_keys:
+        raise ValueError(
+            "The torchvision state_dict does not match the kdet model: "
+            f"kdet layers missing {missing_layers[:5]}, kdet layers not mapped {unmapped_layers[:5]}, "
+            f"torchvision keys missing {missing_keys[:5]}, torchvision keys unused {unused_keys[:5]} "
+            f"(first 5 of {len(missing_layers)}, {len(unmapped_layers)}, {len(missing_keys)}, {len(unused_keys)}).")
+    for name, (kind, key) in key_map.items():
+        arrays = _weights_of(kind, state, key)
+        if name in transforms:
+            arrays = transforms[name](arrays)
+        layer = layers[name]
+        expected = [tuple(w.shape) for w in layer.weights]
+        received = [tuple(a.shape) for a in arrays]
+        if expected != received:
+            raise ValueError(f"{key} -> {name}: kdet expects shapes {expected}; the checkpoint gives {received}.")
+        layer.set_weights([np.asarray(a, np.float32) for a in arrays])
+
+
+def retinanet_key_map(head_depth: int = 4) -> dict[str, tuple[str, str]]:
+    """kdet ``RetinaNet`` (resnet50, P3-P7) layer -> torchvision ``retinanet_resnet50_fpn`` key."""
+    mapping = {**resnet_key_map(), **fpn_key_map((3, 4, 5), extra=(6, 7))}
+    for tower, torch_head in (("cls", "classification_head"), ("box", "regression_head")):
+        for i in range(head_depth):
+            mapping[f"{tower}_conv{i}"] = ("conv", f"head.{torch_head}.conv.{i}.0")
+    mapping["cls_pred"] = ("conv", "head.classification_head.cls_logits")
+    mapping["box_pred"] = ("conv", "head.regression_head.bbox_reg")
+    return mapping
+
+
+def convert_retinanet(model, state_dict: Mapping[str, np.ndarray]):
+    """Loads torchvision ``retinanet_resnet50_fpn`` weights into a kdet ``RetinaNet``.
+
+    Args:
+        model: ``RetinaNet`` with ``backbone="resnet50"``, FPN width 256, head
+            depth 4, 9 anchors per location and 80 (COCO labels) or 91 classes;
+            build it with :func:`torchvision_retinanet` to get torchvision's
+            anchors and inference settings.
+        state_dict: ``{key: np.ndarray}`` (e.g. :func:`kdet.zoo.pth.load_state_dict`).
+
+    Returns:
+        ``model``, with its weights set.
+    """
+    keep = class_channels(model.num_classes, background=False)
+    transforms = {"cls_pred": lambda arrays: select_anchor_channels(arrays, TORCHVISION_COCO_OUTPUTS, keep)}
+    apply_key_map(model, state_dict, retinanet_key_map(), transforms)
+    return model
+
+
+def torchvision_retinanet(num_classes: int = 80, image_size=800, **kwargs):
+    """A kdet ``RetinaNet`` with torchvision's ``retinanet_resnet50_fpn`` conventions.
+
+    Anchors: :func:`kdet.models.retinanet.torchvision_anchor_generator`
+    (offset 0, rounded base anchors, truncated octave sizes); box deltas
+    unweighted (torchvision ``BoxCoder(weights=(1, 1, 1, 1))``); ImageNet
+    mean / std on 0..1 pixels; inference as torchvision's ``RetinaNet``:
+    score 0.05, 1000 candidates per level, NMS 0.5, 300 detections.
+    """
+    from kdet.models.retinanet import RetinaNet, torchvision_anchor_generator
+    from kdet.zoo.coco_classes import COCO_CLASSES
+
+    options = dict(score_threshold=0.05, pre_nms_top_k=1000, top_k_per_level=True, nms_iou_threshold=0.5,
+                   max_detections=300, box_variances=(1.0, 1.0, 1.0, 1.0))
+    options.update(kwargs)
+    if num_classes == 80:
+        options.setdefault("class_names", list(COCO_CLASSES))
+    return RetinaNet(num_classes, backbone="resnet50", image_size=image_size,
+                     anchor_generator=torchvision_anchor_generator(), **options)

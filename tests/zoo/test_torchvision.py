@@ -1,0 +1,85 @@
+"""torchvision -> kdet converters: head-level parity with the torchvision fixtures (NumPy only, no torch)."""
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from kdet.zoo.coco_classes import COCO_CATEGORY_IDS
+from kdet.zoo.torchvision import class_channels, select_anchor_channels
+
+TOLERANCE = 1e-3  # issue 10: relative error of head outputs
+
+
+def synth_weight(key: str, shape: tuple) -> np.ndarray:
+    """The fixture README's rule: each tensor depends only on its key and shape."""
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    if key.endswith("running_var"):
+        return rng.uniform(0.5, 1.5, shape).astype("float32")
+    if key.endswith("running_mean"):
+        return (0.1 * rng.standard_normal(shape)).astype("float32")
+    if len(shape) <= 1:
+        if key.endswith("bias"):
+            return (0.05 * rng.standard_normal(shape)).astype("float32")
+        return (1.0 + 0.1 * rng.standard_normal(shape)).astype("float32")
+    fan_in = int(np.prod(shape[1:]))
+    return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype("float32")
+
+
+def fixture(shared_dir, name):
+    folder = shared_dir / "fixtures" / "torchvision" / name
+    spec = json.loads((folder / "spec.json").read_text())
+    state = {key: synth_weight(key, tuple(shape)) for key, shape in spec["state_dict_keys"]}
+    return spec, state, np.load(folder / "reference.npz")
+
+
+def relative_error(actual, expected) -> float:
+    """max |actual - expected| / max |expected| over the whole array."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+def test_class_channels_and_anchor_selection():
+    np.testing.assert_array_equal(class_channels(80, background=False), COCO_CATEGORY_IDS)
+    assert class_channels(80, background=True)[0] == 0 and len(class_channels(80, background=True)) == 81
+    assert len(class_channels(91, background=False)) == 91 and len(class_channels(90, background=True)) == 91
+    with pytest.raises(ValueError, match="num_classes=3"):
+        class_channels(3, background=False)
+    kernel = np.arange(2 * 2 * 91 * 2, dtype=np.float32).reshape(1, 2, 2, 91 * 2)  # 2 anchors x 91 outputs
+    bias = np.arange(182, dtype=np.float32)
+    k, b = select_anchor_channels([kernel, bias], 91, np.array([1, 90]))
+    np.testing.assert_array_equal(b, [1, 90, 92, 181])
+    np.testing.assert_array_equal(k[..., 2], kernel[..., 92])
+
+
+def test_retinanet_head_parity(shared_dir):
+    from kdet.zoo.torchvision import convert_retinanet, torchvision_retinanet
+
+    spec, state, ref = fixture(shared_dir, "retinanet_resnet50_fpn")
+    model = torchvision_retinanet(80, image_size=ref["image_uint8"].shape[:2])
+    np.testing.assert_array_equal(np.asarray(model.anchors), ref["anchors_xyxy"])
+    convert_retinanet(model, state)
+    raw = model.network(ref["normalized_input"][None], training=False)
+    assert relative_error(raw["box"][0], ref["bbox_regression"]) <= TOLERANCE
+    rows = ref["cls_logits_index"]
+    expected_cls = ref["cls_logits"][:, np.asarray(COCO_CATEGORY_IDS)]
+    assert relative_error(np.asarray(raw["cls"][0])[rows], expected_cls) <= TOLERANCE
+    # The preprocessing reproduces torchvision's normalisation of the raw image.
+    normalized = model.preprocessing(ref["image_uint8"][None].astype("float32"))
+    np.testing.assert_allclose(normalized[0], ref["normalized_input"], atol=1e-4)
+
+
+def test_retinanet_conversion_refuses_mismatched_state(shared_dir):
+    from kdet.zoo.torchvision import convert_retinanet, torchvision_retinanet
+
+    _, state, _ = fixture(shared_dir, "retinanet_resnet50_fpn")
+    model = torchvision_retinanet(80, image_size=128)
+    extra = dict(state, **{"head.unknown.weight": np.zeros((1, 1), np.float32)})
+    with pytest.raises(ValueError, match="unused.*head.unknown.weight"):
+        convert_retinanet(model, extra)
+    short = {k: v for k, v in state.items() if k != "backbone.fpn.extra_blocks.p7.bias"}
+    with pytest.raises(ValueError, match="missing.*extra_blocks.p7.bias"):
+        convert_retinanet(model, short)
+    with pytest.raises(ValueError, match="num_classes=3"):
+        convert_retinanet(torchvision_retinanet(3, image_size=128), state)
