@@ -26,6 +26,11 @@ class YOLOAssigner:
             in network pixels.
         strides: stride of each level in pixels.
         feature_shapes: (height, width) of each level's grid.
+        extra_positive_iou: None for the paper's rule (only the best anchor
+            shape); a value t also makes every anchor shape whose centred
+            width/height IoU with the box is >= t responsible in its own
+            level's cell (the multi-anchor rule of YOLOv4, Bochkovskiy et al.
+            2020, ``iou_thresh``), which gives small datasets more positives.
 
     Attributes:
         anchors: (A, 4) xyxy anchors centred on their cell's top-left corner
@@ -51,12 +56,13 @@ class YOLOAssigner:
     """
 
     def __init__(self, anchor_shapes: Sequence[Sequence[Sequence[float]]], strides: Sequence[int],
-                 feature_shapes: Sequence[Sequence[int]]):
+                 feature_shapes: Sequence[Sequence[int]], extra_positive_iou: float | None = None):
         if not len(anchor_shapes) == len(strides) == len(feature_shapes):
             raise ValueError(
                 f"anchor_shapes, strides and feature_shapes need one entry per level; received "
                 f"{len(anchor_shapes)}, {len(strides)} and {len(feature_shapes)}."
             )
+        self.extra_positive_iou = None if extra_positive_iou is None else float(extra_positive_iou)
         wh, level_of, index_in_level, offsets = [], [], [], []
         anchors, anchor_strides, anchor_wh = [], [], []
         total = 0
@@ -93,13 +99,17 @@ class YOLOAssigner:
     def num_anchors(self) -> int:
         return len(self.anchors)
 
-    def best_shapes(self, gt_wh):
-        """Index of the anchor shape with the best centred IoU for each (..., 2) width/height."""
+    def shape_ious(self, gt_wh):
+        """Centred IoU (..., K) of each (..., 2) width/height with the K anchor shapes."""
         gt_wh = tf.cast(gt_wh, tf.float32)[..., None, :]  # (..., 1, 2)
         shapes = tf.constant(self._shape_wh)
         inter = tf.reduce_prod(tf.minimum(gt_wh, shapes), axis=-1)
         union = tf.reduce_prod(gt_wh, axis=-1) + tf.reduce_prod(shapes, axis=-1) - inter
-        return tf.argmax(tf.math.divide_no_nan(inter, union), axis=-1, output_type=tf.int32)
+        return tf.math.divide_no_nan(inter, union)
+
+    def best_shapes(self, gt_wh):
+        """Index of the anchor shape with the best centred IoU for each (..., 2) width/height."""
+        return tf.argmax(self.shape_ious(gt_wh), axis=-1, output_type=tf.int32)
 
     def __call__(self, gt_boxes, gt_labels) -> dict:
         gt_boxes = tf.cast(gt_boxes, tf.float32)
@@ -107,21 +117,26 @@ class YOLOAssigner:
         batch, num_gt = tf.shape(gt_boxes)[0], tf.shape(gt_boxes)[1]
         valid = gt_labels >= 0
         centre = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2
-        shape = self.best_shapes(gt_boxes[..., 2:] - gt_boxes[..., :2])  # (B, M)
+        ious = self.shape_ious(gt_boxes[..., 2:] - gt_boxes[..., :2])  # (B, M, K)
+        num_shapes = len(self._shape_wh)
+        chosen = tf.one_hot(tf.argmax(ious, axis=-1, output_type=tf.int32), num_shapes) > 0
+        if self.extra_positive_iou is not None:
+            chosen |= ious >= self.extra_positive_iou
+        chosen &= valid[..., None]
 
         def per_shape(values):
-            return tf.gather(tf.constant(values), shape)
+            return tf.constant(values)[None, None, :]  # broadcast over (B, M, K)
 
         stride = per_shape(self._shape_stride)
-        col = tf.clip_by_value(tf.cast(tf.floor(centre[..., 0] / stride), tf.int32), 0, per_shape(self._shape_fw) - 1)
-        row = tf.clip_by_value(tf.cast(tf.floor(centre[..., 1] / stride), tf.int32), 0, per_shape(self._shape_fh) - 1)
+        col = tf.clip_by_value(tf.cast(tf.floor(centre[..., :1] / stride), tf.int32), 0, per_shape(self._shape_fw) - 1)
+        row = tf.clip_by_value(tf.cast(tf.floor(centre[..., 1:] / stride), tf.int32), 0, per_shape(self._shape_fh) - 1)
         slot = per_shape(self._shape_offset) + (row * per_shape(self._shape_fw) + col) * per_shape(
-            self._shape_count) + per_shape(self._shape_index)
+            self._shape_count) + per_shape(self._shape_index)  # (B, M, K)
         # Owner of each anchor = 1 + index of the (last) GT assigned to it, 0 for none;
-        # padded GTs write 0, which never wins the max.
-        batch_index = tf.broadcast_to(tf.range(batch)[:, None], (batch, num_gt))
+        # unchosen (GT, shape) pairs and padded GTs write 0, which never wins the max.
+        batch_index = tf.broadcast_to(tf.range(batch)[:, None, None], tf.shape(slot))
         indices = tf.reshape(tf.stack([batch_index, slot], axis=-1), (-1, 2))
-        owner_value = tf.where(valid, tf.range(1, num_gt + 1)[None, :], 0)
+        owner_value = tf.where(chosen, tf.range(1, num_gt + 1)[None, :, None], 0)
         owner = tf.tensor_scatter_nd_max(tf.zeros((batch, self.num_anchors), tf.int32), indices,
                                          tf.reshape(owner_value, (-1,)))
         positive = owner > 0

@@ -58,6 +58,10 @@ class YOLOV3(Detector):
             than this IoU get no objectness loss (paper: 0.5).
         pre_nms_top_k: boxes kept by best score before NMS.
         nms_iou_threshold, score_threshold, max_detections: ``CombinedNMS``.
+        extra_positive_iou: None for the paper's assignment (each box to its
+            best anchor shape only); t also makes every anchor shape with
+            width/height IoU >= t responsible (``YOLOAssigner``). "preset":
+            None for the Darknet backbones, 0.25 for "tiny".
         bn_momentum, neck_widths, lateral_widths, neck_convs, head_widths:
             override the preset of ``backbone`` (see ``presets.PRESETS``).
 
@@ -76,7 +80,7 @@ class YOLOV3(Detector):
                  ignore_threshold: float = YOLO_IGNORE_THRESHOLD, pre_nms_top_k: int | None = 1000,
                  nms_iou_threshold: float = YOLO_NMS_IOU, score_threshold: float = 0.01,
                  max_detections: int = 100, bn_momentum: float | None = None, neck_widths=None,
-                 lateral_widths=None, neck_convs=None, head_widths=None, **kwargs):
+                 lateral_widths=None, neck_convs=None, head_widths=None, extra_positive_iou="preset", **kwargs):
         size = check_image_size(image_size, multiple_of=32)
         if isinstance(backbone, dict):  # a serialised custom backbone (get_config)
             backbone = keras.saving.deserialize_keras_object(backbone)
@@ -91,6 +95,9 @@ class YOLOV3(Detector):
         overrides = dict(bn_momentum=bn_momentum, neck_widths=neck_widths, lateral_widths=lateral_widths,
                          neck_convs=neck_convs, head_widths=head_widths, anchors=anchors)
         preset.update({k: v for k, v in overrides.items() if v is not None})
+        if extra_positive_iou != "preset":
+            preset["extra_positive_iou"] = extra_positive_iou
+        overrides["extra_positive_iou"] = extra_positive_iou
         self._arguments = dict(backbone=backbone, anchor_image_size=anchor_image_size,
                                ignore_threshold=ignore_threshold, pre_nms_top_k=pre_nms_top_k,
                                nms_iou_threshold=nms_iou_threshold, score_threshold=score_threshold,
@@ -107,7 +114,8 @@ class YOLOV3(Detector):
         self.preprocessing = ImagePreprocessing(size, scale=1.0 / 255.0, name="preprocessing")
         strides = [2 ** level for level in sorted(self.levels)]
         feature_shapes = [(size[0] // s, size[1] // s) for s in strides]
-        self.assigner = YOLOAssigner(self.anchor_shapes, strides, feature_shapes)
+        self.assigner = YOLOAssigner(self.anchor_shapes, strides, feature_shapes,
+                                     extra_positive_iou=preset.get("extra_positive_iou"))
         # Anchors centred on the cell's top-left corner: what the "yolo" decoder expects.
         self.anchor_generator = AnchorGenerator(strides=strides, anchor_shapes=self.anchor_shapes, offset=0.0,
                                                 name="anchor_generator")
@@ -183,7 +191,7 @@ class YOLOV3(Detector):
     def compute_losses(self, images, y, raw):
         targets = self.assigner(y["boxes"], y["labels"])
         positive = targets["positive"]
-        batch = tf.cast(tf.shape(positive)[0], tf.float32)
+        batch = tf.cast(tf.shape(positive)[0], tf.float32)  # Darknet sums over anchors, averages images
         decoded = self.decode_boxes(raw["box"], clip=False)
         # No-object candidates whose prediction already overlaps some box well are ignored.
         overlaps = iou(tf.stop_gradient(decoded), y["boxes"])

@@ -19,6 +19,11 @@ YOLO_NMS_IOU = 0.45
 # neither pushed to object nor to no-object.
 YOLO_IGNORE_THRESHOLD = 0.5
 
+# The tiny configuration trains on a few hundred images for a few hundred steps: one
+# positive per box (the paper's rule) memorises them; every anchor shape with
+# width/height IoU >= 0.25 (YOLOv4-style, Bochkovskiy et al. 2020) generalises.
+TINY_EXTRA_POSITIVE_IOU = 0.25
+
 # levels are coarsest first (the order of the cfg); anchors finest first.
 PRESETS = {
     # yolov3.cfg: Darknet-53, three scales.
@@ -31,6 +36,7 @@ PRESETS = {
     # kdet's tiny CNN (tests, examples, CPU experiments); BN momentum 0.9 so that the
     # inference statistics settle within a few hundred steps.
     "tiny": dict(levels=(5, 4, 3), neck_widths=(64, 48, 32), lateral_widths=(32, 32), neck_convs=(3, 3, 3),
-                 head_widths=(128, 96, 64), anchors=YOLOV3_COCO_ANCHORS, bn_momentum=0.9),
+                 head_widths=(128, 96, 64), anchors=YOLOV3_COCO_ANCHORS, bn_momentum=0.9,
+                 extra_positive_iou=TINY_EXTRA_POSITIVE_IOU),
 }
 BACKBONE_NAMES = tuple(PRESETS)

@@ -1,0 +1,134 @@
+"""SSD: default boxes, full-size builds, learning, save/load, XLA, mixed precision and errors."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kdet.data.synthetic import synthetic_arrays
+from kdet.models.ssd import SSD, default_box_shapes
+from kdet.necks.ssd_extra import L2Normalization
+from tests.helpers import coco_ap50
+
+
+@pytest.fixture(scope="module")
+def tiny_ssd():
+    keras.utils.set_random_seed(0)
+    return SSD(3, backbone="tiny", image_size=128)
+
+
+def test_ssd300_vgg16_builds_like_the_paper():
+    model = SSD(20, backbone="vgg16", image_size=300)
+    # torchvision's ssd300_vgg16 with 21 classes has the same 26,285,486 parameters.
+    assert model.network.count_params() == 26_285_486
+    assert model.feature_shapes == [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
+    assert len(model.anchors) == 8732  # the paper's number of default boxes
+    # First default box: centre (0.5 * 8, 0.5 * 8), side s_1 = 0.2 * 300 = 60.
+    np.testing.assert_allclose(model.anchors[0], [4 - 30, 4 - 30, 4 + 30, 4 + 30], atol=1e-4)
+    # Second: sqrt(s_1 s_2) with s_2 = 0.2 + 0.7 / 5 = 0.34.
+    side = math.sqrt(0.2 * 0.34) * 300
+    np.testing.assert_allclose(model.anchors[1], [4 - side / 2, 4 - side / 2, 4 + side / 2, 4 + side / 2], rtol=1e-5)
+    # Last level: one 1x1 map with step 300, centre 150.
+    np.testing.assert_allclose((model.anchors[-1, :2] + model.anchors[-1, 2:]) / 2, [150, 150])
+    l2 = model.network.get_layer("conv4_3_l2norm")
+    np.testing.assert_allclose(l2.gamma.numpy(), 20.0)
+    assert model.network.get_layer("vgg16").get_layer("fc6").dilation_rate == (6, 6)
+
+
+def test_ssd512_and_ssdlite_build():
+    ssd512 = SSD(20, backbone="vgg16", image_size=512)
+    assert len(ssd512.anchors) == 24564  # SSD512's default boxes (Liu et al. 2016, Table 7)
+    lite = SSD(20, backbone="mobilenet_v2", image_size=320)
+    assert lite.feature_shapes == [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
+    assert any(isinstance(layer, keras.layers.SeparableConv2D) for layer in lite.network.layers)
+
+
+def test_default_boxes_follow_torchvision_conventions():
+    scales = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
+    shapes = default_box_shapes((300, 300), ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)), scales=scales)
+    assert [len(level) for level in shapes] == [4, 6, 6, 6, 4, 4]
+    np.testing.assert_allclose(shapes[0][0], (21, 21), rtol=1e-6)
+    np.testing.assert_allclose(shapes[5][2], (300, 0.87 / math.sqrt(2) * 300), rtol=1e-6)  # width clipped
+    model = SSD(80, backbone="vgg16", image_size=300, anchor_scales=scales)
+    np.testing.assert_allclose(model.anchors[0], [4 - 10.5, 4 - 10.5, 4 + 10.5, 4 + 10.5], rtol=1e-6)
+
+
+def test_l2_normalization_matches_numpy():
+    x = np.random.default_rng(0).normal(size=(2, 3, 3, 5)).astype(np.float32)
+    layer = L2Normalization()
+    expected = x / np.linalg.norm(x, axis=-1, keepdims=True) * 20
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-5)
+    assert L2Normalization.from_config(layer.get_config()).scale == 20
+
+
+def test_tiny_ssd_overfits_eight_images():
+    keras.utils.set_random_seed(0)
+    images, targets = synthetic_arrays(8, 128, seed=0)
+    model = SSD(3, backbone="tiny", image_size=128)
+    model.compile(evaluate_coco=False)
+    history = model.fit(images, targets, batch_size=8, epochs=100, verbose=0)
+    assert history.history["loss"][-1] < 0.3 * history.history["loss"][0]
+    ap50 = coco_ap50(targets, model.predict(images, verbose=0))
+    assert ap50 >= 0.9, ap50
+
+
+def test_predict_xla_any_batch_and_save_load(tiny_ssd, tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (3, 128, 128, 3)).astype(np.uint8)
+    eager = tiny_ssd.predict(images, verbose=0)
+    xla = tf.function(lambda x: tiny_ssd(x, training=False), jit_compile=True)
+    for batch in (1, 3):
+        out = xla(tf.constant(images[:batch]))
+        np.testing.assert_allclose(out["scores"].numpy(), eager["scores"][:batch], atol=1e-5)
+    path = tmp_path / "ssd.keras"
+    tiny_ssd.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored, SSD)
+    np.testing.assert_allclose(restored.predict(images, verbose=0)["boxes"], eager["boxes"], atol=1e-4)
+
+
+def test_mixed_precision_train_and_predict():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        images, targets = synthetic_arrays(2, 128, seed=3)
+        model = SSD(3, backbone="tiny", image_size=128)
+        model.compile(evaluate_coco=False)
+        assert np.isfinite(model.fit(images, targets, epochs=1, verbose=0).history["loss"][0])
+        assert np.all(np.isfinite(model.predict(images, verbose=0)["boxes"]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(backbone="resnet"), "Unknown SSD backbone 'resnet'"),
+    (dict(aspect_ratios=((2,),)), "aspect_ratios has 1 levels but the network has 5"),
+    (dict(anchor_scales=(0.1, 0.2)), "scales needs 6 values"),
+    (dict(image_size=(128, 96)), "one step per level"),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SSD(3, **{"backbone": "tiny", "image_size": 128, **kwargs})
+
+
+@pytest.mark.slow
+def test_tiny_ssd_generalises_to_held_out_images():
+    """The issue's bar: defaults, 200 images, 30 epochs, batch 8 -> held-out AP50 >= 0.5."""
+    keras.utils.set_random_seed(0)
+    images, targets = synthetic_arrays(200, 128, seed=1)
+    test_images, test_targets = synthetic_arrays(100, 128, seed=2, split="test")
+    model = SSD(3, backbone="tiny", image_size=128)
+    model.compile()
+    model.fit(images, targets, batch_size=8, epochs=30, verbose=0)
+    ap50 = coco_ap50(test_targets, model.predict(test_images, verbose=0))
+    assert ap50 >= 0.5, ap50
+
+
+@pytest.mark.slow
+def test_ssd300_training_step():
+    images, targets = synthetic_arrays(2, 300, seed=0)
+    model = SSD(20, backbone="vgg16", image_size=300)
+    model.compile(evaluate_coco=False)
+    assert np.isfinite(model.fit(images, targets, epochs=1, verbose=0).history["loss"][0])
