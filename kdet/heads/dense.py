@@ -15,7 +15,7 @@ def prior_bias(prior_probability: float) -> float:
 
 def dense_head(features: Sequence, num_anchors: int, num_outputs: int, depth: int = 4, width: int = 256,
                shared: bool = True, separable: bool = False, activation: str = "relu",
-               norm: str | None = None, final_bias: float = 0.0, kernel_std: float = 0.01,
+               norm: str | None = None, final_bias: float = 0.0, kernel_std: float | None = 0.01,
                name: str = "head", bn_momentum: float = 0.99, bn_epsilon: float = 1e-3):
     """Applies a conv tower + predictor to every pyramid level and flattens per anchor.
 
@@ -29,7 +29,8 @@ def dense_head(features: Sequence, num_anchors: int, num_outputs: int, depth: in
         separable: depthwise-separable convs (EfficientDet).
         norm: None, "batch" (one BatchNorm per level, EfficientDet) or "group".
         final_bias: bias init of the predictor (use :func:`prior_bias` for classes).
-        kernel_std: std of the normal init of the convs (RetinaNet uses 0.01).
+        kernel_std: std of the normal init of the convs (RetinaNet uses 0.01);
+            None for fan-in variance scaling (EfficientDet).
         bn_momentum, bn_epsilon: of the per-level batch norms (``norm="batch"``).
 
     Returns:
@@ -37,7 +38,8 @@ def dense_head(features: Sequence, num_anchors: int, num_outputs: int, depth: in
         anchor) order, matching ``AnchorGenerator``.
     """
     conv_cls = keras.layers.SeparableConv2D if separable else keras.layers.Conv2D
-    init = keras.initializers.RandomNormal(stddev=kernel_std)
+    # kernel_std=None: fan-in variance scaling (automl's EfficientDet heads).
+    init = keras.initializers.RandomNormal(stddev=kernel_std) if kernel_std else keras.initializers.VarianceScaling()
     conv_kwargs = (
         {"depthwise_initializer": init, "pointwise_initializer": init} if separable else {"kernel_initializer": init}
     )

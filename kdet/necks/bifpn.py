@@ -155,7 +155,7 @@ def bifpn(features: dict, min_level: int = 3, max_level: int = 7, width: int = 6
 
     Example:
         >>> import keras
-        >>> feats = {f"P{l}": keras.Input((64 // 2**l, 64 // 2**l, 8)) for l in (3, 4, 5)}
+        >>> feats = {f"P{l}": keras.Input((128 // 2**l, 128 // 2**l, 8)) for l in (3, 4, 5)}
         >>> out = bifpn(feats, width=16, depth=1)
         >>> sorted(out), tuple(out["P7"].shape[1:])
         (['P3', 'P4', 'P5', 'P6', 'P7'], (1, 1, 16))
@@ -170,6 +170,11 @@ def bifpn(features: dict, min_level: int = 3, max_level: int = 7, width: int = 6
         raise ValueError(f"BiFPN P{min_level}-P{max_level} needs backbone levels from P{min_level}; "
                          f"received {sorted(features)}.")
     top = min(given[-1], max_level)
+    coarsest = tuple(features[f"P{top}"].shape[1:3])
+    factor = 2 ** (max_level - top)
+    if any(d is not None and d % factor for d in coarsest):
+        raise ValueError(f"P{top} is {coarsest[0]}x{coarsest[1]}: P{top + 1}-P{max_level} need it divisible by "
+                         f"{factor} (the input by {2 ** max_level}); pad or resize the image.")
     feats = [features[f"P{lvl}"] for lvl in range(min_level, top + 1)]
     for lvl in range(top + 1, max_level + 1):  # P6, P7 from the coarsest map
         feats.append(_resample(feats[-1], lvl - 1, lvl, width, f"{name}_p{lvl}_resample", bn_momentum, bn_epsilon))

@@ -142,7 +142,7 @@ class EfficientDet(SingleStageDetector):
         levels = [pyramid[f"P{lvl}"] for lvl in range(min_level, max_level + 1)]
         heads = anchor_heads(levels, anchors.num_anchors_per_location, num_classes, cfg["head_depth"],
                              cfg["fpn_width"], separable=True, norm="batch", activation="swish",
-                             bn_momentum=cfg["bn_momentum"])
+                             bn_momentum=cfg["bn_momentum"], kernel_std=None)  # automl: variance scaling
         network = keras.Model(inputs, heads, name="network")
         super().__init__(num_classes, network, anchors, preprocessing, image_size,
                          bounding_box_format=bounding_box_format, class_names=class_names, **options, **kwargs)

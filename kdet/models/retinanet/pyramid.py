@@ -90,7 +90,7 @@ def pyramid_anchor_generator(min_level: int = 3, max_level: int = 7, anchor_scal
 
 def anchor_heads(levels: Sequence, num_anchors: int, num_classes: int, depth: int, width: int,
                  separable: bool = False, norm: str | None = None, activation: str = "relu",
-                 bn_momentum: float = 0.99) -> dict:
+                 bn_momentum: float = 0.99, kernel_std: float | None = 0.01) -> dict:
     """The class and box subnets shared across levels: {"box": (B, A, 4), "cls": (B, A, C)}.
 
     Layers are named ``cls_conv{i}``, ``cls_pred``, ``box_conv{i}``, ``box_pred``
@@ -101,7 +101,7 @@ def anchor_heads(levels: Sequence, num_anchors: int, num_classes: int, depth: in
     channels ``a * C .. a * C + C - 1``), like both upstreams.
     """
     common = dict(depth=depth, width=width, shared=True, separable=separable, norm=norm,
-                  activation=activation, bn_momentum=bn_momentum)
+                  activation=activation, bn_momentum=bn_momentum, kernel_std=kernel_std)
     cls = dense_head(levels, num_anchors, num_classes, final_bias=prior_bias(PRIOR_PROBABILITY), name="cls",
                      **common)
     box = dense_head(levels, num_anchors, 4, name="box", **common)
