@@ -130,12 +130,16 @@ def _weights_of(kind: str, state, key: str) -> list[np.ndarray]:
         return batch_norm_weights(state, key)
     if kind == "dense":
         return dense_weights(state, key)
+    if kind == "vector":  # a bare parameter tensor, e.g. SSD's L2Norm scale
+        return [state[key]]
     raise ValueError(f"unknown weight kind {kind!r}")
 
 
 def _consumed_keys(kind: str, key: str) -> list[str]:
     if kind == "bn":
         return [f"{key}.{n}" for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    if kind == "vector":
+        return [key]
     return [f"{key}.weight"] + ([] if kind == "conv_nobias" else [f"{key}.bias"])
 
 
@@ -147,7 +151,8 @@ def apply_key_map(model, state: Mapping[str, np.ndarray], key_map: dict, transfo
         model: a kdet model (nested sub-models are searched by layer name).
         state: torchvision ``state_dict`` as ``{key: np.ndarray}``.
         key_map: {kdet layer name: (kind, torchvision key prefix)}, kind one of
-            "conv", "conv_nobias", "bn", "dense".
+            "conv", "conv_nobias", "bn", "dense",
+            "vector" (the key itself is a tensor).
         transforms: {kdet layer name: f(list of arrays) -> list of arrays}
             applied after the layout conversion (class-channel selection).
         ignore: torchvision keys deliberately not converted.
@@ -230,3 +235,73 @@ def torchvision_retinanet(num_classes: int = 80, image_size=800, **kwargs):
         options.setdefault("class_names", list(COCO_CLASSES))
     return RetinaNet(num_classes, backbone="resnet50", image_size=image_size,
                      anchor_generator=torchvision_anchor_generator(), **options)
+
+
+# torchvision ssd300_vgg16: indices of the convs in ``backbone.features`` (VGG-16 up to conv4_3) and the
+# keys of conv5_1 .. fc7 inside ``backbone.extra.0`` (maxpool4, conv5_x, then the fc6 / fc7 block).
+SSD_VGG_FEATURES = {"block1_conv1": 0, "block1_conv2": 2, "block2_conv1": 5, "block2_conv2": 7,
+                    "block3_conv1": 10, "block3_conv2": 12, "block3_conv3": 14,
+                    "block4_conv1": 17, "block4_conv2": 19, "block4_conv3": 21}
+SSD_VGG_EXTRA0 = {"block5_conv1": "1", "block5_conv2": "3", "block5_conv3": "5", "fc6": "7.1", "fc7": "7.3"}
+# torchvision ssd300_vgg16 (``_vgg_extractor`` / ``DefaultBoxGenerator``): default-box scales, steps and
+# the normalisation (image_mean on 0..1 pixels, image_std 1/255: "0..255 minus mean").
+TORCHVISION_SSD300_SCALES = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
+TORCHVISION_SSD300_STEPS = (8, 16, 32, 64, 100, 300)
+TORCHVISION_SSD300_MEAN = (0.48235, 0.45882, 0.40784)
+TORCHVISION_SSD300_STD = (1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0)
+
+
+def ssd300_key_map(num_levels: int = 6, num_extras: int = 4) -> dict[str, tuple[str, str]]:
+    """kdet ``SSD`` (vgg16, 300) layer -> torchvision ``ssd300_vgg16`` key."""
+    mapping = {name: ("conv", f"backbone.features.{index}") for name, index in SSD_VGG_FEATURES.items()}
+    mapping.update({name: ("conv", f"backbone.extra.0.{index}") for name, index in SSD_VGG_EXTRA0.items()})
+    mapping["conv4_3_l2norm"] = ("vector", "backbone.scale_weight")
+    for k in range(1, num_extras + 1):
+        mapping[f"extra{k}_reduce"] = ("conv", f"backbone.extra.{k}.0")
+        mapping[f"extra{k}_conv"] = ("conv", f"backbone.extra.{k}.2")
+    for level in range(num_levels):
+        mapping[f"ssd_cls_l{level}"] = ("conv", f"head.classification_head.module_list.{level}")
+        mapping[f"ssd_box_l{level}"] = ("conv", f"head.regression_head.module_list.{level}")
+    return mapping
+
+
+def convert_ssd300(model, state_dict: Mapping[str, np.ndarray]):
+    """Loads torchvision ``ssd300_vgg16`` weights into a kdet ``SSD`` (vgg16, 300 px).
+
+    Args:
+        model: ``SSD(80 or 90, backbone="vgg16", image_size=300)``; build it with
+            :func:`torchvision_ssd300` to get torchvision's default boxes and
+            normalisation. kdet's background is output 0, as torchvision's.
+        state_dict: ``{key: np.ndarray}``.
+
+    Returns:
+        ``model``, with its weights set.
+    """
+    keep = class_channels(model.num_classes, background=True)
+    transforms = {f"ssd_cls_l{level}": lambda arrays: select_anchor_channels(arrays, TORCHVISION_COCO_OUTPUTS, keep)
+                  for level in range(6)}
+    apply_key_map(model, state_dict, ssd300_key_map(), transforms)
+    return model
+
+
+def torchvision_ssd300(num_classes: int = 80, **kwargs):
+    """A kdet ``SSD`` with torchvision's ``ssd300_vgg16`` conventions.
+
+    Default boxes of scales ``TORCHVISION_SSD300_SCALES`` (clipped to the
+    image), steps 8..300, box-coder weights (10, 10, 5, 5) = variances
+    (0.1, 0.1, 0.2, 0.2), pixels ``x - 255 * mean``; inference as torchvision:
+    score 0.01, 400 candidates per class, NMS 0.45, 200 detections.
+    """
+    from kdet.layers.image_preprocessing import ImagePreprocessing
+    from kdet.models.ssd import SSD
+    from kdet.zoo.coco_classes import COCO_CLASSES
+
+    options = dict(score_threshold=0.01, pre_nms_top_k=400, nms_iou_threshold=0.45, max_detections=200,
+                   box_variances=(0.1, 0.1, 0.2, 0.2), anchor_scales=TORCHVISION_SSD300_SCALES,
+                   steps=TORCHVISION_SSD300_STEPS, clip_default_boxes=True)
+    options.update(kwargs)
+    if num_classes == 80:
+        options.setdefault("class_names", list(COCO_CLASSES))
+    mean = tuple(m / s for m, s in zip(TORCHVISION_SSD300_MEAN, TORCHVISION_SSD300_STD))  # 0..255 units
+    options.setdefault("preprocessing", ImagePreprocessing((300, 300), scale=1.0, mean=mean, name="preprocessing"))
+    return SSD(num_classes, backbone="vgg16", image_size=300, **options)

@@ -83,3 +83,18 @@ def test_retinanet_conversion_refuses_mismatched_state(shared_dir):
         convert_retinanet(model, short)
     with pytest.raises(ValueError, match="num_classes=3"):
         convert_retinanet(torchvision_retinanet(3, image_size=128), state)
+
+
+def test_ssd300_head_parity(shared_dir):
+    from kdet.zoo.torchvision import convert_ssd300, torchvision_ssd300
+
+    _, state, ref = fixture(shared_dir, "ssd300_vgg16")
+    model = torchvision_ssd300(80)
+    # torchvision computes the default boxes relative to the image then scales: float rounding only.
+    np.testing.assert_allclose(np.asarray(model.anchors), ref["anchors_xyxy"], rtol=0, atol=1e-4)
+    convert_ssd300(model, state)
+    raw = model.network(ref["normalized_input"][None], training=False)
+    assert relative_error(raw["box"][0], ref["bbox_regression"]) <= TOLERANCE
+    assert relative_error(raw["cls"][0], ref["cls_logits"][:, class_channels(80, background=True)]) <= TOLERANCE
+    normalized = model.preprocessing(ref["image_uint8"][None].astype("float32"))
+    np.testing.assert_allclose(normalized[0], ref["normalized_input"], atol=1e-3)
