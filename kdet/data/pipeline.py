@@ -235,7 +235,7 @@ def prepare(dataset: tf.data.Dataset, *, image_size=None, batch_size: int | None
             dataset = dataset.batch(batch_size, drop_remainder=drop_remainder,
                                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augmenter is not None:
-        dataset = dataset.map(augmenter, num_parallel_calls=None, deterministic=True)
+        dataset = dataset.map(augmenter)  # serial: the augmenter's random state advances in order
     if prefetch:
         dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return dataset
