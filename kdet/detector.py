@@ -88,8 +88,30 @@ class Detector(keras.Model):
             )
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self._component_trackers = [keras.metrics.Mean(name=n) for n in self.loss_names]
-        self._coco_metric = None
+        self._set_untracked("_coco_metric", None)
         self._detect_fn = None
+        # Subclasses assemble their functional networks (and so all variables) in
+        # __init__: the model is built once constructed (save_weights works at once).
+        self.built = True
+
+    def _set_untracked(self, name, value):
+        # compile() may run after Keras locked the model's state (a loaded or built
+        # model), so the COCO metric is kept outside Keras' attribute tracking.
+        object.__setattr__(self, name, value)
+
+    @property
+    def metrics(self):
+        metrics = list(super().metrics)
+        if getattr(self, "_coco_metric", None) is not None:
+            metrics.append(self._coco_metric)
+        return metrics
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        # Training logs leave the COCO metric out: it is only updated by evaluate().
+        results = super().compute_metrics(x, y, y_pred, sample_weight)
+        if getattr(self, "_coco_metric", None) is not None:
+            results = {k: v for k, v in results.items() if k != self._coco_metric.name}
+        return results
 
     def build(self, input_shape=None):
         # Subclasses assemble (and so build) their functional networks in __init__.
@@ -232,11 +254,13 @@ class Detector(keras.Model):
             )
         self.box_loss = self.resolve_box_loss(box_loss)
         self.classification_loss = classification_loss or self.default_classification_loss()
-        self._coco_metric = None
+        self._set_untracked("_coco_metric", None)
         if evaluate_coco:
             from kdet.metrics import COCOMeanAveragePrecision
 
-            self._coco_metric = COCOMeanAveragePrecision(bounding_box_format=self.bounding_box_format)
+            self._set_untracked(
+                "_coco_metric", COCOMeanAveragePrecision(bounding_box_format=self.bounding_box_format)
+            )
             # The COCO metric accumulates through tf.py_function, which XLA cannot compile;
             # keep the train/test steps off XLA unless the caller asks (predict is XLA-safe).
             kwargs.setdefault("jit_compile", False)

@@ -177,3 +177,19 @@ def test_bad_input_messages():
         model.fit(x[:0], y, epochs=1, verbose=0)
     with pytest.raises(FileNotFoundError):
         model.detect("/nonexistent/image.jpg")
+
+
+def test_evaluate_reports_coco_map_and_compile_after_load(trained, tmp_path):
+    model, x, y, _ = trained
+    path = tmp_path / "m.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    restored.compile()  # evaluate_coco=True on an already-built, loaded model
+    history = restored.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert "coco_map" not in history.history
+    results = restored.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    from kdet.metrics import coco_map
+
+    expected = coco_map(y, restored.predict(x, verbose=0))["AP"]
+    assert abs(results["coco_map"] - expected) < 1e-6 and expected > 0.5
+    assert {"loss", "cls_loss", "box_loss"} <= set(results)

@@ -13,7 +13,8 @@ from kdet.export.saved_model import saved_model, serving_shape
 QUANTIZATIONS = (None, "float16", "dynamic_int8", "int8")
 
 
-def litert(model, filepath, quantization: str | None = None, representative_data=None, image_size=None):
+def litert(model, filepath, quantization: str | None = None, representative_data=None, image_size=None,
+           saved_model_dir=None):
     """Converts a kdet detector to a ``.tflite`` file with builtin ops only.
 
     The signature ``serving_default`` takes float32 raw pixels (1..B, H, W, 3)
@@ -28,6 +29,8 @@ def litert(model, filepath, quantization: str | None = None, representative_data
             "int8" (weights and activations, calibrated on ``representative_data``).
         representative_data: iterable of (1, H, W, 3) float32 image batches, for "int8".
         image_size: (height, width) of the exported input; default the model's.
+        saved_model_dir: convert this existing kdet SavedModel export instead
+            of exporting ``model`` again.
 
     Returns:
         The path written. Raises ``ValueError`` if the converter needed ops
@@ -42,8 +45,11 @@ def litert(model, filepath, quantization: str | None = None, representative_data
             f"{type(model).__name__} has no fixed image_size; pass image_size=(height, width) for LiteRT."
         )
     with tempfile.TemporaryDirectory() as tmp:
-        saved_model(model, tmp, image_size=image_size)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+        if saved_model_dir is None:
+            saved_model(model, tmp, image_size=image_size)
+            saved_model_dir = tmp
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir),
+                                                             signature_keys=["serving_default"])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantization is not None:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -1,0 +1,63 @@
+"""Every architecture's tiny configuration exports to SavedModel and LiteRT (builtin ops) with parity.
+
+Weights are random, so scores nearly tie and the order of detections may
+differ between runtimes: detections are compared as sets (each of the Keras
+top detections must be found at IoU >= 0.9 with the same label).
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kdet
+from kdet.data import synthetic_arrays
+from kdet.export import litert_operators, run_litert
+from kdet.ops import iou
+
+BUILDERS = {
+    "retinanet": lambda: kdet.models.RetinaNet(3, backbone="tiny", image_size=128),
+    "efficientdet": lambda: kdet.models.EfficientDet(3, backbone="tiny", image_size=128),
+    "ssd": lambda: kdet.models.SSD(3, backbone="tiny", image_size=128),
+    "yolov3": lambda: kdet.models.YOLOV3(3, backbone="tiny", image_size=128),
+    "faster_rcnn": lambda: kdet.models.FasterRCNN(3, backbone="tiny", image_size=128),
+}
+
+
+def _matched_fraction(expected, got, k=10):
+    fractions = []
+    for i in range(len(expected["num_detections"])):
+        n = min(int(expected["num_detections"][i]), k)
+        if n == 0:
+            fractions.append(1.0 if int(got["num_detections"][i]) == 0 else 0.0)
+            continue
+        m = int(got["num_detections"][i])
+        eb, el = np.asarray(expected["boxes"][i][:n]), np.asarray(expected["labels"][i][:n])
+        gb, gl = np.asarray(got["boxes"][i][:m]), np.asarray(got["labels"][i][:m])
+        if m == 0:
+            fractions.append(0.0)
+            continue
+        overlaps = iou(eb, gb).numpy()
+        hits = [(overlaps[j] >= 0.9) & (gl == el[j]) for j in range(n)]
+        fractions.append(float(np.mean([h.any() for h in hits])))
+    return min(fractions)
+
+
+@pytest.mark.parametrize("arch", sorted(BUILDERS))
+def test_tiny_architecture_exports(arch, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = BUILDERS[arch]()
+    x, _ = synthetic_arrays(2, 128, seed=4)
+    x = x.astype(np.float32)
+    expected = model.predict(x, verbose=0)
+
+    sm_dir = model.export(tmp_path / "sm", format="tf_saved_model")
+    served = tf.saved_model.load(str(sm_dir)).signatures["serving_default"](images=tf.constant(x))
+    np.testing.assert_array_equal(served["num_detections"].numpy(), expected["num_detections"])
+    assert _matched_fraction(expected, {k: v.numpy() for k, v in served.items()}) >= 0.9
+
+    path = kdet.export.litert(model, tmp_path / f"{arch}.tflite", saved_model_dir=sm_dir)
+    assert not any(op.startswith("CUSTOM") for op in litert_operators(path))
+    got = run_litert(path, x)
+    assert {"boxes", "scores", "labels", "num_detections"} <= set(got)
+    assert _matched_fraction(expected, got) >= 0.9
