@@ -305,3 +305,74 @@ def torchvision_ssd300(num_classes: int = 80, **kwargs):
     mean = tuple(m / s for m, s in zip(TORCHVISION_SSD300_MEAN, TORCHVISION_SSD300_STD))  # 0..255 units
     options.setdefault("preprocessing", ImagePreprocessing((300, 300), scale=1.0, mean=mean, name="preprocessing"))
     return SSD(num_classes, backbone="vgg16", image_size=300, **options)
+
+
+def select_blocks(arrays: list[np.ndarray], block: int, keep: np.ndarray) -> list[np.ndarray]:
+    """Keeps output blocks ``keep`` (each ``block`` wide) of a layer [kernel (..., out), bias (out,)]."""
+    kernel, bias = arrays
+    index = (np.asarray(keep)[:, None] * block + np.arange(block)[None, :]).reshape(-1)
+    return [kernel[..., index], bias[index]]
+
+
+def chw_to_hwc_rows(arrays: list[np.ndarray], channels: int, size: int) -> list[np.ndarray]:
+    """fc6 after a (C, P, P) flatten (torchvision) -> after kdet's (P, P, C) flatten."""
+    kernel, bias = arrays
+    units = kernel.shape[-1]
+    kernel = kernel.reshape(channels, size, size, units).transpose(1, 2, 0, 3).reshape(-1, units)
+    return [kernel, bias]
+
+
+def faster_rcnn_key_map() -> dict[str, tuple[str, str]]:
+    """kdet ``FasterRCNN`` (resnet50_fpn) layer -> torchvision ``fasterrcnn_resnet50_fpn`` key."""
+    mapping = {**resnet_key_map(), **fpn_key_map((2, 3, 4, 5))}
+    mapping.update({
+        "rpn_head_conv": ("conv", "rpn.head.conv.0.0"),
+        "rpn_head_cls_logits": ("conv", "rpn.head.cls_logits"),
+        "rpn_head_bbox_pred": ("conv", "rpn.head.bbox_pred"),
+        "roi_heads_box_head_fc6": ("dense", "roi_heads.box_head.fc6"),
+        "roi_heads_box_head_fc7": ("dense", "roi_heads.box_head.fc7"),
+        "roi_heads_box_predictor_cls_score": ("dense", "roi_heads.box_predictor.cls_score"),
+        "roi_heads_box_predictor_bbox_pred": ("dense", "roi_heads.box_predictor.bbox_pred"),
+    })
+    return mapping
+
+
+def convert_faster_rcnn(model, state_dict: Mapping[str, np.ndarray]):
+    """Loads torchvision ``fasterrcnn_resnet50_fpn`` (v1) weights into a kdet ``FasterRCNN``.
+
+    Args:
+        model: ``FasterRCNN(80 or 90, backbone="resnet50_fpn")`` with the full
+            box head (``box_head_ranks=(None, None)``); build it with
+            :func:`torchvision_faster_rcnn`.
+        state_dict: ``{key: np.ndarray}``.
+
+    Returns:
+        ``model``, with its weights set.
+    """
+    keep = class_channels(model.num_classes, background=True)
+    size = model.options["roi_output_size"]
+    transforms = {
+        "roi_heads_box_head_fc6": lambda arrays: chw_to_hwc_rows(arrays, model.options["fpn_width"], size),
+        "roi_heads_box_predictor_cls_score": lambda arrays: select_blocks(arrays, 1, keep),
+        "roi_heads_box_predictor_bbox_pred": lambda arrays: select_blocks(arrays, 4, keep),
+    }
+    apply_key_map(model, state_dict, faster_rcnn_key_map(), transforms)
+    return model
+
+
+def torchvision_faster_rcnn(num_classes: int = 80, image_size=800, **options):
+    """A kdet ``FasterRCNN`` with torchvision's ``fasterrcnn_resnet50_fpn`` conventions.
+
+    kdet's FasterRCNN defaults are torchvision's already (anchors 32..512 with
+    offset 0 and rounded base anchors, RPN 1000 / 1000 at test, NMS 0.7,
+    MultiScaleRoIAlign 7x7 sampling ratio 2 unaligned, canonical 224 / level 4,
+    box weights (10, 10, 5, 5), score 0.05, NMS 0.5, 100 detections); this
+    adds the COCO class names.
+    """
+    from kdet.models.faster_rcnn import FasterRCNN
+    from kdet.zoo.coco_classes import COCO_CLASSES
+
+    if num_classes == 80:
+        options.setdefault("class_names", list(COCO_CLASSES))
+    # "resnet50" builds the same ResNet-50 + FPN as "resnet50_fpn" (whose name FasterRCNN parses as "50_").
+    return FasterRCNN(num_classes, backbone="resnet50", image_size=image_size, **options)
