@@ -1,0 +1,101 @@
+"""LiteRT export: model size and latency of every architecture's tiny configuration.
+
+Usage:
+    python benchmarks/export.py            # every architecture, writes docs/benchmarks/export.md
+    python benchmarks/export.py --quick    # RetinaNet tiny only, float32 (CI runs it)
+
+Each tiny detector (random-initialised) is converted with
+``kdet.export.litert`` (builtin ops only, decoding and NMS inside the graph),
+checked once with ``kdet.export.run_litert``, then timed with one
+``ai_edge_litert`` signature runner on a (1, H, W, 3) float32 batch (median
+of repeats, the interpreter's default threads). Sizes are the ``.tflite`` file
+sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+from _common import REPO, median_ms, machine_summary, markdown_table, write_fragment  # noqa: E402
+from inference import ARCHS, build_arch, input_hw  # noqa: E402
+
+
+def litert_runner(path):
+    """A callable running the ``serving_default`` signature of ``path``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    runner = interpreter.get_signature_runner("serving_default")
+    name = interpreter.get_signature_list()["serving_default"]["inputs"][0]
+    return lambda images: runner(**{name: images})
+
+
+def export_row(name: str, quantization, folder: pathlib.Path, repeats: int):
+    """(architecture, quantization, input, KiB, ms) for one tiny configuration, or a skip row."""
+    import keras
+
+    from kdet.export import litert, run_litert
+
+    keras.utils.set_random_seed(0)
+    model, why = build_arch(name, tiny=True)
+    label = f"{name} tiny"
+    if model is None:
+        return (label, quantization or "float32", "-", "-", why)
+    h, w = input_hw(model)
+    path = folder / f"{label.replace(' ', '_').replace('(', '').replace(')', '')}_{quantization}.tflite"
+    try:
+        litert(model, path, quantization=quantization)
+    except Exception as err:  # report the failure in the table rather than lose the other rows
+        return (label, quantization or "float32", f"{h}x{w}", "-", f"export failed ({type(err).__name__}: "
+                                                                   f"{str(err)[:80]})")
+    images = np.random.default_rng(0).uniform(0, 255, (1, h, w, 3)).astype(np.float32)
+    out = run_litert(path, images)
+    if set(out) < {"boxes", "scores", "labels", "num_detections"}:
+        raise AssertionError(f"{label}: unexpected LiteRT outputs {sorted(out)}")
+    run = litert_runner(path)
+    ms = median_ms(lambda: run(images), repeats=repeats, warmup=1)
+    kib = path.stat().st_size / 1024
+    print(f"{label} {quantization or 'float32'}: {kib:.0f} KiB, {ms:.2f} ms", flush=True)
+    return (label, quantization or "float32", f"{h}x{w}", kib, ms)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="RetinaNet tiny, float32 only")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", help="markdown fragment (default docs/benchmarks/export.md; none for --quick)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    repeats = args.repeats or (3 if args.quick else 10)
+    names = list(ARCHS)[:1] if args.quick else list(ARCHS)
+    quantizations = (None,) if args.quick else (None, "dynamic_int8")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            for quantization in quantizations:
+                rows.append(export_row(name, quantization, pathlib.Path(tmp), repeats))
+    text = (f"### LiteRT export: size and latency (tiny configurations)\n\n"
+            f"`python benchmarks/export.py{' --quick' if args.quick else ''}`; `kdet.export.litert` (builtin ops "
+            f"only, decoding + NMS inside), batch 1 float32 input, median of {repeats} runs of one "
+            f"`ai_edge_litert` signature runner. {machine_summary()}.\n\n"
+            + markdown_table(("architecture", "weights", "input", "size (KiB)", "latency (ms)"), rows))
+    print("\n" + text)
+    out = args.out or (None if args.quick else REPO / "docs" / "benchmarks" / "export.md")
+    if out:
+        print(f"wrote {write_fragment(out, text)}")
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Inference speed: kdet RetinaNet vs keras-cv RetinaNet, and every kdet architecture alone.
+
+Usage:
+    python benchmarks/inference.py            # full run, writes docs/benchmarks/inference.md
+    python benchmarks/inference.py --quick    # tiny models, seconds (CI runs it)
+    python benchmarks/inference.py --out PATH
+
+Pair (full mode): kdet ``RetinaNet(80, backbone="resnet50", image_size=512)``
+against ``keras_cv.models.RetinaNet`` whose backbone is built from the class
+``keras_cv.models.ResNetBackbone`` with ResNet-50's configuration (bottleneck
+blocks 3-4-6-3), no preset and no download (keras-cv's ``ResNet50Backbone``
+alias resolves a preset through Kaggle, which needs the network). Both are
+random-initialised and both include decoding and NMS (keras-cv through its
+``decode_predictions``, which is what its ``predict`` runs). Batches 1 and 8,
+eager (op by op) and ``tf.function(jit_compile=True)``; timed round-robin in
+one process so machine load hits both alike. keras-cv's NMS is TensorFlow's
+CPU kernel, which XLA cannot compile: if its whole pipeline fails under XLA,
+its network is XLA-compiled and its decoding runs as a graph (marked in the
+table).
+
+FLOPs are counted with ``tf.compat.v1.profiler`` (``float_operation``) on the
+graph of a concrete function of the network at batch 1; the profiler counts
+2 FLOPs per multiply-add of Conv2D/MatMul/etc. and skips ops without a FLOP
+statistic (NMS loops, gathers), so figures are the network's arithmetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+from _common import REPO, interleaved_median_ms, machine_summary, markdown_table, write_fragment  # noqa: E402
+
+NUM_CLASSES = 80  # COCO, the configuration both libraries document
+# keras.applications / torchvision ResNet-50: bottleneck blocks per stage.
+RESNET50 = dict(stackwise_filters=[64, 128, 256, 512], stackwise_blocks=[3, 4, 6, 3],
+                stackwise_strides=[1, 2, 2, 2], block_type="block")  # keras-cv calls bottlenecks "block"
+# A small ResNet V1 for the quick mode and the learning run (one narrow bottleneck per stage).
+SMALL_RESNET = dict(stackwise_filters=[16, 32, 64, 128], stackwise_blocks=[1, 1, 1, 1],
+                    stackwise_strides=[1, 2, 2, 2], block_type="block")
+
+
+def _models():
+    import kdet.models
+
+    return kdet.models
+
+
+def _mtcnn():
+    from kdet.models.mtcnn import MTCNN
+
+    return MTCNN()
+
+
+# name -> (builder of the default configuration, builder of the tiny one). Default sizes from each builder.
+ARCHS = {
+    "RetinaNet (R50-FPN)": (lambda: _models().RetinaNet(NUM_CLASSES), lambda: _models().RetinaNet(3, backbone="tiny")),
+    "EfficientDet (D0)": (lambda: _models().EfficientDet(NUM_CLASSES), lambda: _models().EfficientDet(3, backbone="tiny")),
+    "SSD (VGG16, 300)": (lambda: _models().SSD(NUM_CLASSES), lambda: _models().SSD(3, backbone="tiny")),
+    "YOLOv3 (Darknet-53)": (lambda: _models().YOLOV3(NUM_CLASSES), lambda: _models().YOLOV3(3, backbone="tiny",
+                                                                                              image_size=128)),
+    "Faster R-CNN (R50-FPN)": (lambda: _models().FasterRCNN(NUM_CLASSES),
+                             lambda: _models().FasterRCNN(3, backbone="tiny")),
+}
+
+
+def build_arch(name: str, tiny: bool):
+    """The kdet detector ``name`` (default or tiny configuration), or the reason it is unavailable."""
+    try:
+        return ARCHS[name][1 if tiny else 0](), None
+    except Exception as err:  # an architecture not landed yet is reported, not fatal
+        return None, f"not available in this build ({type(err).__name__}: {str(err)[:80]})"
+
+
+def input_hw(model) -> tuple:
+    size = model.image_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def gflops(model, batch: int = 1) -> float:
+    """Forward-pass GFLOPs of ``model`` (inference, decoding included) from tf.compat.v1.profiler."""
+    import tensorflow as tf
+
+    h, w = input_hw(model)
+    fn = tf.function(lambda x: model(x, training=False))
+    graph = fn.get_concrete_function(tf.TensorSpec((batch, h, w, 3), tf.float32)).graph
+    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    prof = tf.compat.v1.profiler.profile(graph, options=opts)
+    return prof.total_float_ops / 1e9
+
+
+def keras_cv_retinanet(image_size: int, num_classes: int, config: dict):
+    """keras-cv RetinaNet with a ResNet V1 backbone built from its class (no preset, no download)."""
+    import keras_cv
+
+    backbone = keras_cv.models.ResNetBackbone(include_rescaling=True, input_shape=(image_size, image_size, 3),
+                                              **config)
+    return keras_cv.models.RetinaNet(num_classes=num_classes, bounding_box_format="xyxy", backbone=backbone)
+
+
+def keras_cv_runners(model):
+    """(eager fn, XLA fn, network-XLA + graph-decode fn) for keras-cv: network + decode_predictions, as its predict runs them."""
+    import tensorflow as tf
+
+    def full(x):
+        return model.decode_predictions(model(x, training=False), x)
+
+    xla_full = tf.function(full, jit_compile=True)
+    net = tf.function(lambda x: model(x, training=False), jit_compile=True)
+    decode = tf.function(lambda raw, x: model.decode_predictions(raw, x))
+
+    def split(x):
+        return decode(net(x), x)
+
+    return full, xla_full, split
+
+
+def pair_rows(image_size: int, batches, repeats: int, quick: bool):
+    """Times kdet vs keras-cv RetinaNet; returns table rows and notes."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    if quick:
+        ours = _models().RetinaNet(3, backbone="tiny", image_size=image_size)
+        theirs = keras_cv_retinanet(image_size, 3, SMALL_RESNET)
+    else:
+        ours = _models().RetinaNet(NUM_CLASSES, backbone="resnet50", image_size=image_size)
+        theirs = keras_cv_retinanet(image_size, NUM_CLASSES, RESNET50)
+    kcv_eager, kcv_xla, kcv_split = keras_cv_runners(theirs)
+    ours_xla = tf.function(lambda x: ours(x, training=False), jit_compile=True)
+    rows, notes = [], []
+    for batch in batches:
+        x = tf.constant(np.random.default_rng(batch).uniform(0, 255, (batch, image_size, image_size, 3)),
+                        tf.float32)
+        kcv_x = kcv_xla
+        try:
+            kcv_xla(x)
+        except Exception as err:
+            kcv_x = kcv_split
+            notes.append(f"keras-cv's full pipeline does not compile under XLA ({type(err).__name__}); its "
+                         "network is XLA-compiled and its NMS (TF CPU kernel) runs as a graph.")
+        fns = {"kdet eager": lambda: ours(x, training=False), "keras-cv eager": lambda: kcv_eager(x),
+               "kdet XLA": lambda: ours_xla(x), "keras-cv XLA": lambda: kcv_x(x)}
+        ms = interleaved_median_ms(fns, repeats=repeats, warmup=1)
+        ips = {k: 1e3 * batch / v for k, v in ms.items()}
+        for mode in ("eager", "XLA"):
+            rows.append((batch, mode, ips[f"kdet {mode}"], ips[f"keras-cv {mode}"],
+                         ips[f"kdet {mode}"] / ips[f"keras-cv {mode}"]))
+            print(f"B={batch} {mode}: kdet {ips[f'kdet {mode}']:.2f} img/s, keras-cv "
+                  f"{ips[f'keras-cv {mode}']:.2f} img/s, ratio {rows[-1][-1]:.2f}", flush=True)
+    params = (ours.count_params(), theirs.count_params())
+    return rows, sorted(set(notes)), params
+
+
+def arch_rows(tiny: bool, batch: int, repeats: int, timed: bool = True):
+    """Per architecture: input size, parameters, GFLOPs/image, XLA images/s at ``batch`` (if ``timed``)."""
+    import keras
+    import tensorflow as tf
+
+    rows = []
+    for name in ARCHS:
+        keras.utils.set_random_seed(0)
+        model, why = build_arch(name, tiny)
+        if model is None:
+            rows.append((name, "-", "-", "-", why))
+            print(f"{name}: {why}", flush=True)
+            continue
+        h, w = input_hw(model)
+        flops = gflops(model, 1)
+        label = f"{name} tiny" if tiny else name
+        if not timed:
+            rows.append((label, f"{h}x{w}", f"{model.count_params():,}", flops, "not timed (--quick)"))
+            continue
+        fn = tf.function(lambda x, m=model: m(x, training=False), jit_compile=True)
+        x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, h, w, 3)), tf.float32)
+        ms = interleaved_median_ms({name: lambda: fn(x)}, repeats=repeats, warmup=1)[name]
+        rows.append((label, f"{h}x{w}", f"{model.count_params():,}", flops, 1e3 * batch / ms))
+        print(f"{name}: {h}x{w} {model.count_params():,} params {flops:.2f} GFLOPs "
+              f"{rows[-1][-1]:.2f} img/s", flush=True)
+        del model, fn
+        keras.backend.clear_session()
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models, runs in seconds")
+    parser.add_argument("--out", help="markdown fragment (default docs/benchmarks/inference.md; none for --quick)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--skip-archs", action="store_true", help="only the kdet vs keras-cv pair")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    size, batches = (128, (1,)) if args.quick else (512, (1, 8))
+    repeats = args.repeats or (1 if args.quick else 5)
+    rows, notes, params = pair_rows(size, batches, repeats, args.quick)
+    pair = ("tiny kdet RetinaNet vs keras-cv RetinaNet on a small ResNet V1 (quick mode)" if args.quick
+            else "ResNet-50-FPN, 80 classes")
+    text = (f"### Inference: kdet RetinaNet vs keras-cv RetinaNet ({pair}, {size}x{size})\n\n"
+            f"`python benchmarks/inference.py{' --quick' if args.quick else ''}`; both random-initialised, "
+            f"decoding + NMS included; median of {repeats} round-robin runs in one process. Parameters: "
+            f"kdet {params[0]:,}, keras-cv {params[1]:,}. Ratio > 1 means kdet is faster. "
+            f"{machine_summary()}.\n\n"
+            + markdown_table(("batch", "mode", "kdet img/s", "keras-cv img/s", "kdet / keras-cv"), rows))
+    text += "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
+    if not args.skip_archs:
+        arch = arch_rows(args.quick, 1, repeats, timed=not args.quick)
+        text += ("\n### Inference: every kdet architecture alone "
+                 f"({'tiny configurations' if args.quick else 'default sizes'}, batch 1, XLA)\n\n"
+                 "GFLOPs per image from `tf.compat.v1.profiler` float_operation on the traced inference "
+                 "graph (2 FLOPs per multiply-add).\n\n"
+                 + markdown_table(("architecture", "input", "parameters", "GFLOPs/img", "img/s"), arch))
+    print("\n" + text)
+    out = args.out or (None if args.quick else REPO / "docs" / "benchmarks" / "inference.md")
+    if out:
+        print(f"wrote {write_fragment(out, text)}")
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Training: steps/s and learning of kdet RetinaNet vs keras-cv RetinaNet, side by side.
+
+Usage:
+    python benchmarks/training.py            # full run, writes docs/benchmarks/training.md
+    python benchmarks/training.py --quick    # tiny models, a few steps (CI runs it)
+    python benchmarks/training.py --steps 300 --out PATH
+
+Speed: the inference benchmark's pair (ResNet-50-FPN, keras-cv's backbone
+built from its class) trains on the same synthetic batch,
+timed round-robin (one ``fit`` call of a few steps on that batch repeated, since keras-cv's
+train_step cannot take Keras 3's ``train_on_batch``); both as a graph (``jit_compile=False``: keras-cv's label
+encoder does not compile under XLA, and kdet's default train step keeps its
+COCO metric off XLA). The full mode uses 256x256 images, not 512, to keep the
+run within minutes on 2 CPU cores (said in the table).
+
+Learning: a small configuration of each library (kdet ``RetinaNet(backbone=
+"tiny")``; keras-cv ``RetinaNet`` on a small ResNet V1 built from its class),
+both 128 px, trained the same number of steps with ``fit`` on the same
+synthetic train split (``kdet.data.synthetic_arrays``), then COCO mAP
+(``kdet.metrics.coco_map``, pycocotools-exact) on the disjoint test split.
+kdet uses its ``compile()`` defaults; keras-cv has no default optimizer, so
+it gets Adam(1e-3, global_clipnorm=10) with its "focal" and "smoothl1" losses,
+the settings of keras-cv's RetinaNet example. Random-initialised backbones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+from _common import REPO, interleaved_median_ms, machine_summary, markdown_table, write_fragment  # noqa: E402
+from inference import RESNET50, SMALL_RESNET, _models, keras_cv_retinanet  # noqa: E402
+
+NUM_CLASSES = 3  # the synthetic dataset's shape classes
+
+
+def compile_pair(ours, theirs):
+    """kdet with its defaults; keras-cv with Adam(1e-3, clipnorm 10), focal + smooth L1; both graph mode."""
+    import keras
+
+    ours.compile(evaluate_coco=False, jit_compile=False)
+    theirs.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=10.0), classification_loss="focal",
+                   box_loss="smoothl1", jit_compile=False)
+
+
+def keras_cv_targets(y: dict) -> dict:
+    """kdet ground truth -> keras-cv's {"boxes", "classes"} (both pad with -1)."""
+    return {"boxes": y["boxes"].astype("float32"), "classes": y["labels"].astype("float32")}
+
+
+def keras_cv_to_kdet(pred: dict) -> dict:
+    """keras-cv detections -> kdet's padded output dict (labels -1 past num_detections)."""
+    n = np.asarray(pred["num_detections"])
+    valid = np.arange(np.asarray(pred["classes"]).shape[1])[None] < n[:, None]
+    return {"boxes": np.asarray(pred["boxes"], np.float32),
+            "scores": np.where(valid, pred["confidence"], 0).astype(np.float32),
+            "labels": np.where(valid, pred["classes"], -1).astype(np.int32), "num_detections": n.astype(np.int32)}
+
+
+def speed(quick: bool, repeats: int):
+    """Median train steps/s of both on one synthetic batch; returns (row, size, batch)."""
+    import keras
+
+    from kdet.data import synthetic_arrays
+
+    size, batch = (128, 2) if quick else (256, 8)
+    keras.utils.set_random_seed(0)
+    if quick:
+        ours = _models().RetinaNet(NUM_CLASSES, backbone="tiny", image_size=size)
+        theirs = keras_cv_retinanet(size, NUM_CLASSES, SMALL_RESNET)
+    else:
+        ours = _models().RetinaNet(NUM_CLASSES, backbone="resnet50", image_size=size)
+        theirs = keras_cv_retinanet(size, NUM_CLASSES, RESNET50)
+    compile_pair(ours, theirs)
+    x, y = synthetic_arrays(batch, size, num_classes=NUM_CLASSES, seed=1)
+    # The same batch ``per_call`` times, one fit call each: keras-cv's train_step cannot take the
+    # (x, y, sample_weight) triple of Keras 3's train_on_batch, and fit's per-call overhead is shared.
+    per_call = 2 if quick else 3
+    x = np.concatenate([x] * per_call)
+    y = {k: np.concatenate([v] * per_call) for k, v in y.items()}
+    y_kcv = keras_cv_targets(y)
+    fns = {"kdet": lambda: ours.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False),
+           "keras-cv": lambda: theirs.fit(x, y_kcv, batch_size=batch, epochs=1, verbose=0, shuffle=False)}
+    ms = interleaved_median_ms(fns, repeats=repeats, warmup=1)
+    steps = {k: 1e3 * per_call / v for k, v in ms.items()}
+    name = "tiny vs small ResNet V1" if quick else "ResNet-50-FPN"
+    return (name, f"{size}x{size}", batch, steps["kdet"], steps["keras-cv"], steps["kdet"] / steps["keras-cv"])
+
+
+def learning(steps: int, train_images: int, test_images: int, batch: int = 8, seed: int = 0):
+    """Trains both small configurations ``steps`` steps on the same data; returns table rows."""
+    import keras
+
+    from kdet.data import synthetic_arrays
+    from kdet.metrics import coco_map
+
+    x, y = synthetic_arrays(train_images, 128, num_classes=NUM_CLASSES, seed=seed, split="train")
+    x_test, y_test = synthetic_arrays(test_images, 128, num_classes=NUM_CLASSES, seed=seed, split="test")
+    per_epoch = math.ceil(train_images / batch)
+    epochs = max(1, math.ceil(steps / per_epoch))
+    keras.utils.set_random_seed(seed)
+    ours = _models().RetinaNet(NUM_CLASSES, backbone="tiny", image_size=128)
+    theirs = keras_cv_retinanet(128, NUM_CLASSES, SMALL_RESNET)
+    compile_pair(ours, theirs)
+    rows = []
+    for name, model, targets in (("kdet RetinaNet (tiny)", ours, y),
+                                 ("keras-cv RetinaNet (small ResNet V1)", theirs, keras_cv_targets(y))):
+        start = time.perf_counter()
+        model.fit(x, targets, batch_size=batch, epochs=epochs, verbose=0, shuffle=True)
+        train_s = time.perf_counter() - start
+        pred = model.predict(x_test, batch_size=16, verbose=0)
+        if "confidence" in pred:
+            pred = keras_cv_to_kdet(pred)
+        m = coco_map(y_test, pred)
+        rows.append((name, f"{model.count_params():,}", epochs * per_epoch, train_s, m["AP"], m["AP50"], m["AP75"]))
+        print(f"{name}: AP {m['AP']:.3f} AP50 {m['AP50']:.3f} after {epochs * per_epoch} steps "
+              f"({train_s:.0f} s)", flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models, a few steps")
+    parser.add_argument("--steps", type=int, default=None, help="learning steps (default 300, quick 2)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", help="markdown fragment (default docs/benchmarks/training.md; none for --quick)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    repeats = args.repeats or (1 if args.quick else 3)
+    row = speed(args.quick, repeats)
+    print(f"steps/s: kdet {row[3]:.2f}, keras-cv {row[4]:.2f}, ratio {row[5]:.2f}", flush=True)
+    steps = args.steps or (2 if args.quick else 300)
+    train_images, test_images = (16, 8) if args.quick else (200, 100)
+    rows = learning(steps, train_images, test_images)
+    text = (f"### Training speed: kdet RetinaNet vs keras-cv RetinaNet\n\n"
+            f"`python benchmarks/training.py{' --quick' if args.quick else ''}`; one `fit` call of a few steps on the same "
+            f"synthetic batch, graph mode (jit_compile=False) for both, median of {repeats} round-robin calls. "
+            f"Image size reduced to {row[1]} to keep the run within minutes on CPU. Ratio > 1 means kdet is "
+            f"faster. {machine_summary()}.\n\n"
+            + markdown_table(("pair", "input", "batch", "kdet steps/s", "keras-cv steps/s", "kdet / keras-cv"),
+                             [row])
+            + f"\n### Learning: same steps, same synthetic data, held-out COCO mAP\n\n"
+            f"Small configurations of both libraries at 128x128 (kept small so the full run takes minutes), "
+            f"{train_images} training images, batch 8, {test_images} held-out images; kdet with its "
+            f"`compile()` defaults, keras-cv with Adam(1e-3, global_clipnorm=10) + focal + smooth L1. "
+            f"Random-initialised backbones.\n\n"
+            + markdown_table(("model", "parameters", "steps", "train s", "AP", "AP50", "AP75"), rows))
+    print("\n" + text)
+    out = args.out or (None if args.quick else REPO / "docs" / "benchmarks" / "training.md")
+    if out:
+        print(f"wrote {write_fragment(out, text)}")
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
