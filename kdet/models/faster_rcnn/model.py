@@ -55,7 +55,7 @@ FULL = dict(image_size=800, fpn_width=256, representation_size=REPRESENTATION_SI
 TINY = dict(image_size=128, fpn_width=64, representation_size=256, anchor_sizes=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0),
             canonical_scale=0.28, rpn_pre_nms_top_k_train=300, rpn_pre_nms_top_k_test=150,
             rpn_post_nms_top_k_train=300, rpn_post_nms_top_k_test=100, rpn_batch_size_per_image=256,
-            roi_batch_size_per_image=128)
+            roi_batch_size_per_image=128, roi_sampling_ratio=1)
 # Options with defaults shared by every preset (torchvision's values).
 COMMON = dict(aspect_ratios=ASPECT_RATIOS, rpn_nms_threshold=0.7, rpn_min_size=1e-3, rpn_positive_iou=0.7,
               rpn_negative_iou=0.3, rpn_positive_fraction=0.5, roi_positive_iou=0.5, roi_negative_iou=0.5,
@@ -75,7 +75,7 @@ def _build_backbone(backbone, size):
     if name == "tiny":
         return tiny_backbone(size), ImagePreprocessing(size, name="preprocessing")
     if name in ("resnet50_fpn", "resnet101_fpn", "resnet50", "resnet101"):
-        return (resnet_backbone(int(name[6:9]), size),
+        return (resnet_backbone(int(name[6:].split("_")[0]), size),
                 ImagePreprocessing(size, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="preprocessing"))
     raise ValueError(f"Unknown backbone {backbone!r}; expected one of {BACKBONES} or a keras.Model "
                      "returning {'P2', 'P3', 'P4', 'P5'} features.")
