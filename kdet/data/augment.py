@@ -122,7 +122,7 @@ class Augmenter:
             steps.append(("keras", keras.layers.RandomFlip(flip, bounding_box_format="xyxy", seed=self._seed(1))))
         if crop is not None and crop < 1:
             h, w = self.image_size
-            steps.append(("keras_resize", keras.layers.RandomCrop(max(1, round(h * crop)), max(1, round(w * crop)),
+            steps.append(("keras_crop", keras.layers.RandomCrop(max(1, round(h * crop)), max(1, round(w * crop)),
                                                                    bounding_box_format="xyxy", seed=self._seed(2))))
         if translate:
             steps.append(("keras", keras.layers.RandomTranslation(translate, translate, seed=self._seed(3), **fill)))
@@ -198,14 +198,11 @@ class Augmenter:
             out = layer({"images": images, "bounding_boxes": {"boxes": boxes, "classes": labels}})
             boxes, labels = _dense_from_keras_cv(out["bounding_boxes"], max_boxes)
             return self._finish(out["images"], boxes, labels, max_boxes)
+        if kind == "keras_crop":
+            images, boxes = _random_crop(layer, images, boxes, self.image_size)
+            return self._finish(images, boxes, labels, max_boxes)
         out = layer(_keras_boxes(images, boxes, labels), training=True)
         images, boxes = out["images"], out["bounding_boxes"]["boxes"]
-        if kind == "keras_resize":  # a crop: resize back to the output size, boxes scale with it
-            shape = tf.shape(images)
-            sy = self.image_size[0] / tf.cast(shape[1], tf.float32)
-            sx = self.image_size[1] / tf.cast(shape[2], tf.float32)
-            images = tf.image.resize(images, self.image_size)
-            boxes = boxes * tf.stack([sx, sy, sx, sy])
         return self._finish(images, boxes, labels, max_boxes)
 
     def _apply_mosaic(self, images, boxes, labels, max_boxes):
@@ -241,6 +238,23 @@ class Augmenter:
         batch = tf.shape(images)[0]
         log_gamma = self._rng.uniform([batch, 1, 1, 1], tf.math.log(low), tf.math.log(high))
         return 255.0 * tf.pow(tf.clip_by_value(images, 0.0, 255.0) / 255.0, tf.exp(log_gamma))
+
+
+def _random_crop(layer, images, boxes, image_size):
+    """Keras ``RandomCrop`` on the images, boxes shifted here, then a resize back to ``image_size``.
+
+    Keras 3.15's ``RandomCrop.transform_bounding_boxes`` subtracts the row offset
+    from x and the column offset from y (found by the pixel property test), so
+    the layer draws the crop and crops the images, and the boxes move here.
+    """
+    transformation = layer.get_random_transformation(images, training=True)
+    h_start, w_start = (tf.cast(t, tf.float32) for t in transformation)
+    images = layer.transform_images(images, transformation, training=True)
+    boxes = boxes - tf.stack([w_start, h_start, w_start, h_start])
+    shape = tf.shape(images)
+    sy = image_size[0] / tf.cast(shape[1], tf.float32)
+    sx = image_size[1] / tf.cast(shape[2], tf.float32)
+    return tf.image.resize(images, image_size), boxes * tf.stack([sx, sy, sx, sy])
 
 
 def _dense_from_keras_cv(bounding_boxes: dict, max_boxes):
