@@ -34,6 +34,32 @@ def fixture(shared_dir, name):
     return spec, state, np.load(folder / "reference.npz")
 
 
+def shared_fixture(name):
+    """(spec, state, reference) of a torchvision fixture, for module-scoped pytest fixtures."""
+    from tests.conftest import SHARED
+
+    if not SHARED.exists():
+        pytest.skip("../shared is not beside the checkout")
+    return fixture(SHARED, name)
+
+
+def box_iou(a, b):
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area = lambda t: (t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def matched_fraction(model, ref, torchvision_label) -> float:
+    """Share of the fixture's detections that kdet reproduces (IoU >= 0.9, same label), end to end."""
+    out = model.predict(ref["image_uint8"][None], verbose=0)
+    count = int(out["num_detections"][0])
+    assert count > 0
+    boxes, labels = out["boxes"][0][:count], torchvision_label(out["labels"][0][:count])
+    same = ref["det_labels"][:, None] == labels[None, :]
+    return float(((box_iou(ref["det_boxes"], boxes) >= 0.9) & same).any(axis=1).mean())
+
+
 def relative_error(actual, expected) -> float:
     """max |actual - expected| / max |expected| over the whole array."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
@@ -53,13 +79,18 @@ def test_class_channels_and_anchor_selection():
     np.testing.assert_array_equal(k[..., 2], kernel[..., 92])
 
 
-def test_retinanet_head_parity(shared_dir):
+@pytest.fixture(scope="module")
+def retinanet():
     from kdet.zoo.torchvision import convert_retinanet, torchvision_retinanet
 
-    spec, state, ref = fixture(shared_dir, "retinanet_resnet50_fpn")
-    model = torchvision_retinanet(80, image_size=ref["image_uint8"].shape[:2])
+    _, state, ref = shared_fixture("retinanet_resnet50_fpn")
+    model = convert_retinanet(torchvision_retinanet(80, image_size=ref["image_uint8"].shape[:2]), state)
+    return model, ref
+
+
+def test_retinanet_head_parity(retinanet):
+    model, ref = retinanet
     np.testing.assert_array_equal(np.asarray(model.anchors), ref["anchors_xyxy"])
-    convert_retinanet(model, state)
     raw = model.network(ref["normalized_input"][None], training=False)
     assert relative_error(raw["box"][0], ref["bbox_regression"]) <= TOLERANCE
     rows = ref["cls_logits_index"]
@@ -68,6 +99,12 @@ def test_retinanet_head_parity(shared_dir):
     # The preprocessing reproduces torchvision's normalisation of the raw image.
     normalized = model.preprocessing(ref["image_uint8"][None].astype("float32"))
     np.testing.assert_allclose(normalized[0], ref["normalized_input"], atol=1e-4)
+
+
+def test_retinanet_end_to_end_detections(retinanet):
+    model, ref = retinanet
+    # Sigmoid scores: dropping the 11 unused COCO ids changes nothing, so the 80-label model matches.
+    assert matched_fraction(model, ref, lambda labels: np.asarray(COCO_CATEGORY_IDS)[labels]) >= 0.9
 
 
 def test_retinanet_conversion_refuses_mismatched_state(shared_dir):
@@ -100,6 +137,22 @@ def test_ssd300_head_parity(shared_dir):
     np.testing.assert_allclose(normalized[0], ref["normalized_input"], atol=1e-3)
 
 
+@pytest.fixture(scope="module")
+def ssd300_91():
+    from kdet.zoo.torchvision import convert_ssd300, torchvision_ssd300
+
+    _, state, ref = shared_fixture("ssd300_vgg16")
+    return convert_ssd300(torchvision_ssd300(90), state), ref
+
+
+def test_ssd300_all_91_outputs_and_end_to_end(ssd300_91):
+    model, ref = ssd300_91
+    raw = model.network(ref["normalized_input"][None], training=False)
+    assert relative_error(raw["cls"][0], ref["cls_logits"]) <= TOLERANCE
+    # Softmax over torchvision's 91 outputs (kdet label l = torchvision id l + 1): same scores, same detections.
+    assert matched_fraction(model, ref, lambda labels: labels + 1) >= 0.9
+
+
 def _samples_inside_map(boxes, image_side=320, sampling_ratio=2, output_size=7):
     """RoIs whose RoIAlign samples all lie inside their FPN level's map (torchvision v1 level rule)."""
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -119,7 +172,8 @@ def faster_rcnn_outputs():
         pytest.skip("../shared is not beside the checkout")
     shared_dir = SHARED
     _, state, ref = fixture(shared_dir, "fasterrcnn_resnet50_fpn")
-    model = convert_faster_rcnn(torchvision_faster_rcnn(80, image_size=320), state)
+    # 90 classes + background: torchvision's 91-way softmax, so detections compare end to end.
+    model = convert_faster_rcnn(torchvision_faster_rcnn(90, image_size=320), state)
     raw = model.network(ref["normalized_input"][None], training=False)
     cls, box = model.box_head_outputs(raw, ref["proposals"][None])
     return model, raw, np.asarray(cls[0]), np.asarray(box[0]), ref
@@ -134,7 +188,7 @@ def test_faster_rcnn_rpn_parity(faster_rcnn_outputs):
 
 def test_faster_rcnn_box_head_parity_inside_the_feature_maps(faster_rcnn_outputs):
     _, _, cls, box, ref = faster_rcnn_outputs
-    keep = class_channels(80, background=True)
+    keep = class_channels(90, background=True)
     inside = _samples_inside_map(ref["proposals"])
     assert inside.sum() >= 290  # all but the few RoIs touching the right / bottom border
     assert relative_error(cls[inside], ref["roi_class_logits"][inside][:, keep]) <= TOLERANCE
@@ -146,4 +200,9 @@ def test_faster_rcnn_box_head_parity_inside_the_feature_maps(faster_rcnn_outputs
                    "fixture's torchvision clamps them to the last row/column (4 of 300 RoIs)")
 def test_faster_rcnn_box_head_parity_all_proposals(faster_rcnn_outputs):
     _, _, cls, _, ref = faster_rcnn_outputs
-    assert relative_error(cls, ref["roi_class_logits"][:, class_channels(80, background=True)]) <= TOLERANCE
+    assert relative_error(cls, ref["roi_class_logits"]) <= TOLERANCE
+
+
+def test_faster_rcnn_end_to_end_detections(faster_rcnn_outputs):
+    model, _, _, _, ref = faster_rcnn_outputs
+    assert matched_fraction(model, ref, lambda labels: labels + 1) >= 0.9
