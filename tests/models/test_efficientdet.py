@@ -18,7 +18,7 @@ def trained():
     import keras
 
     keras.utils.set_random_seed(0)
-    return checks.overfit(tiny, epochs=120)
+    return checks.overfit(tiny, epochs=170)
 
 
 def test_tiny_overfits_eight_images(trained):
