@@ -225,6 +225,26 @@ class Detector(keras.Model):
         self.validate_arrays(x, y)
         return super().evaluate(x, y, *args, **kwargs)
 
+    def train_step(self, data):
+        if getattr(self, "_train_flip", False):
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+            x, y = self.random_horizontal_flip(x, y)
+            data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+        return super().train_step(data)
+
+    def random_horizontal_flip(self, images, y, probability: float = 0.5):
+        """Flips each image and its boxes left-right with ``probability`` (training augmentation)."""
+        y = _to_dense_targets(y)
+        images = tf.convert_to_tensor(images)
+        h, w = self._input_hw(images)
+        boxes = convert_format(y["boxes"], self.bounding_box_format, "xyxy", height=h, width=w)
+        flip = tf.random.uniform((tf.shape(images)[0],)) < probability
+        flipped = tf.stack([w - boxes[..., 2], boxes[..., 1], w - boxes[..., 0], boxes[..., 3]], axis=-1)
+        boxes = tf.where(flip[:, None, None], flipped, boxes)
+        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+        boxes = convert_format(boxes, "xyxy", self.bounding_box_format, height=h, width=w)
+        return images, {"boxes": boxes, "labels": y["labels"]}
+
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         raw = self.raw_outputs(x, training=False)
@@ -236,7 +256,7 @@ class Detector(keras.Model):
         return self.get_metrics_result()
 
     def compile(self, optimizer=None, box_loss=None, classification_loss=None, metrics=None,
-                evaluate_coco: bool = True, **kwargs):
+                evaluate_coco: bool = True, augment: str | None = "flip", **kwargs):
         """Configures training with sensible per-architecture defaults.
 
         Args:
@@ -245,6 +265,9 @@ class Detector(keras.Model):
                 "iou", "giou", "diou", "ciou"); default per architecture.
             classification_loss: a ``keras.losses.Loss``; default per architecture.
             evaluate_coco: report COCO mAP in ``evaluate`` (and validation).
+            augment: training-time augmentation inside ``fit``: "flip" (random
+                horizontal flip of images and boxes, p = 0.5; the default, so a
+                plain ``fit(images, targets)`` generalises better) or None.
             **kwargs: forwarded to ``keras.Model.compile`` (``jit_compile``,
                 ``steps_per_execution``, ...).
         """
@@ -264,7 +287,10 @@ class Detector(keras.Model):
             # The COCO metric accumulates through tf.py_function, which XLA cannot compile;
             # keep the train/test steps off XLA unless the caller asks (predict is XLA-safe).
             kwargs.setdefault("jit_compile", False)
-        self._compile_args = {"evaluate_coco": bool(evaluate_coco)}
+        if augment not in ("flip", None):
+            raise ValueError(f"augment must be 'flip' or None; received {augment!r}.")
+        self._train_flip = augment == "flip"
+        self._compile_args = {"evaluate_coco": bool(evaluate_coco), "augment": augment}
         super().compile(optimizer=optimizer or self.default_optimizer(), metrics=metrics, **kwargs)
 
     def get_compile_config(self):
