@@ -62,7 +62,8 @@ def _mtcnn():
 # name -> (builder of the default configuration, builder of the tiny one). Default sizes from each builder.
 ARCHS = {
     "RetinaNet (R50-FPN)": (lambda: _models().RetinaNet(NUM_CLASSES), lambda: _models().RetinaNet(3, backbone="tiny")),
-    "EfficientDet (D0)": (lambda: _models().EfficientDet(NUM_CLASSES), lambda: _models().EfficientDet(3, backbone="tiny")),
+    "EfficientDet (D0)": (lambda: _models().EfficientDet(NUM_CLASSES),
+                          lambda: _models().EfficientDet(3, backbone="tiny")),
     "SSD (VGG16, 300)": (lambda: _models().SSD(NUM_CLASSES), lambda: _models().SSD(3, backbone="tiny")),
     "YOLOv3 (Darknet-53)": (lambda: _models().YOLOV3(NUM_CLASSES), lambda: _models().YOLOV3(3, backbone="tiny",
                                                                                               image_size=128)),
@@ -89,8 +90,14 @@ def gflops(model, batch: int = 1) -> float:
     import tensorflow as tf
 
     h, w = input_hw(model)
-    fn = tf.function(lambda x: model(x, training=False))
-    graph = fn.get_concrete_function(tf.TensorSpec((batch, h, w, 3), tf.float32)).graph
+    return function_gflops(lambda x: model(x, training=False), tf.TensorSpec((batch, h, w, 3), tf.float32))
+
+
+def function_gflops(fn, spec) -> float:
+    """GFLOPs of one call of ``fn`` on a tensor of ``spec``, counted by tf.compat.v1.profiler on its graph."""
+    import tensorflow as tf
+
+    graph = tf.function(fn).get_concrete_function(spec).graph
     opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     opts["output"] = "none"
     prof = tf.compat.v1.profiler.profile(graph, options=opts)
@@ -107,7 +114,7 @@ def keras_cv_retinanet(image_size: int, num_classes: int, config: dict):
 
 
 def keras_cv_runners(model):
-    """(eager fn, XLA fn, network-XLA + graph-decode fn) for keras-cv: network + decode_predictions, as its predict runs them."""
+    """keras-cv's network + decode_predictions (what its predict runs): (eager, XLA, XLA net + graph decode)."""
     import tensorflow as tf
 
     def full(x):
@@ -161,13 +168,13 @@ def pair_rows(image_size: int, batches, repeats: int, quick: bool):
     return rows, sorted(set(notes)), params
 
 
-def arch_rows(tiny: bool, batch: int, repeats: int, timed: bool = True):
+def arch_rows(tiny: bool, batch: int, repeats: int, timed: bool = True, names=None):
     """Per architecture: input size, parameters, GFLOPs/image, XLA images/s at ``batch`` (if ``timed``)."""
     import keras
     import tensorflow as tf
 
     rows = []
-    for name in ARCHS:
+    for name in names or ARCHS:
         keras.utils.set_random_seed(0)
         model, why = build_arch(name, tiny)
         if model is None:
@@ -212,7 +219,9 @@ def main(argv=None) -> int:
             + markdown_table(("batch", "mode", "kdet img/s", "keras-cv img/s", "kdet / keras-cv"), rows))
     text += "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     if not args.skip_archs:
-        arch = arch_rows(args.quick, 1, repeats, timed=not args.quick)
+        # --quick keeps CI short: two tiny architectures, FLOPs and parameters only.
+        names = list(ARCHS)[:2] if args.quick else None
+        arch = arch_rows(args.quick, 1, repeats, timed=not args.quick, names=names)
         text += ("\n### Inference: every kdet architecture alone "
                  f"({'tiny configurations' if args.quick else 'default sizes'}, batch 1, XLA)\n\n"
                  "GFLOPs per image from `tf.compat.v1.profiler` float_operation on the traced inference "

@@ -65,25 +65,28 @@ def keras_cv_to_kdet(pred: dict) -> dict:
             "labels": np.where(valid, pred["classes"], -1).astype(np.int32), "num_detections": n.astype(np.int32)}
 
 
-def speed(quick: bool, repeats: int):
-    """Median train steps/s of both on one synthetic batch; returns (row, size, batch)."""
+def build_pair(size: int, full: bool):
+    """Compiled (kdet, keras-cv) RetinaNets: ResNet-50 backbones if ``full``, else the small configurations."""
     import keras
 
-    from kdet.data import synthetic_arrays
-
-    size, batch = (128, 2) if quick else (256, 8)
     keras.utils.set_random_seed(0)
-    if quick:
-        ours = _models().RetinaNet(NUM_CLASSES, backbone="tiny", image_size=size)
-        theirs = keras_cv_retinanet(size, NUM_CLASSES, SMALL_RESNET)
-    else:
+    if full:
         ours = _models().RetinaNet(NUM_CLASSES, backbone="resnet50", image_size=size)
         theirs = keras_cv_retinanet(size, NUM_CLASSES, RESNET50)
+    else:
+        ours = _models().RetinaNet(NUM_CLASSES, backbone="tiny", image_size=size)
+        theirs = keras_cv_retinanet(size, NUM_CLASSES, SMALL_RESNET)
     compile_pair(ours, theirs)
+    return ours, theirs
+
+
+def speed(ours, theirs, size: int, batch: int, repeats: int, per_call: int):
+    """Median train steps/s of both on one synthetic batch; returns a table row."""
+    from kdet.data import synthetic_arrays
+
     x, y = synthetic_arrays(batch, size, num_classes=NUM_CLASSES, seed=1)
     # The same batch ``per_call`` times, one fit call each: keras-cv's train_step cannot take the
     # (x, y, sample_weight) triple of Keras 3's train_on_batch, and fit's per-call overhead is shared.
-    per_call = 2 if quick else 3
     x = np.concatenate([x] * per_call)
     y = {k: np.concatenate([v] * per_call) for k, v in y.items()}
     y_kcv = keras_cv_targets(y)
@@ -91,14 +94,12 @@ def speed(quick: bool, repeats: int):
            "keras-cv": lambda: theirs.fit(x, y_kcv, batch_size=batch, epochs=1, verbose=0, shuffle=False)}
     ms = interleaved_median_ms(fns, repeats=repeats, warmup=1)
     steps = {k: 1e3 * per_call / v for k, v in ms.items()}
-    name = "tiny vs small ResNet V1" if quick else "ResNet-50-FPN"
+    name = "ResNet-50-FPN" if size > 128 else "tiny vs small ResNet V1"
     return (name, f"{size}x{size}", batch, steps["kdet"], steps["keras-cv"], steps["kdet"] / steps["keras-cv"])
 
 
-def learning(steps: int, train_images: int, test_images: int, batch: int = 8, seed: int = 0):
-    """Trains both small configurations ``steps`` steps on the same data; returns table rows."""
-    import keras
-
+def learning(steps: int, train_images: int, test_images: int, batch: int = 8, seed: int = 0, pair=None):
+    """Trains both small configurations (``pair`` or fresh ones) ``steps`` steps on the same data."""
     from kdet.data import synthetic_arrays
     from kdet.metrics import coco_map
 
@@ -106,10 +107,7 @@ def learning(steps: int, train_images: int, test_images: int, batch: int = 8, se
     x_test, y_test = synthetic_arrays(test_images, 128, num_classes=NUM_CLASSES, seed=seed, split="test")
     per_epoch = math.ceil(train_images / batch)
     epochs = max(1, math.ceil(steps / per_epoch))
-    keras.utils.set_random_seed(seed)
-    ours = _models().RetinaNet(NUM_CLASSES, backbone="tiny", image_size=128)
-    theirs = keras_cv_retinanet(128, NUM_CLASSES, SMALL_RESNET)
-    compile_pair(ours, theirs)
+    ours, theirs = pair or build_pair(128, full=False)
     rows = []
     for name, model, targets in (("kdet RetinaNet (tiny)", ours, y),
                                  ("keras-cv RetinaNet (small ResNet V1)", theirs, keras_cv_targets(y))):
@@ -135,13 +133,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     repeats = args.repeats or (1 if args.quick else 3)
-    row = speed(args.quick, repeats)
+    # Quick mode: one small pair (128 px, batch 2) serves both sections; full: ResNet-50 at 256 px, batch 8.
+    pair = build_pair(128 if args.quick else 256, full=not args.quick)
+    row = speed(*pair, 128 if args.quick else 256, 2 if args.quick else 8, repeats, 1 if args.quick else 3)
+    if not args.quick:
+        pair = None  # learning uses fresh small configurations
     print(f"steps/s: kdet {row[3]:.2f}, keras-cv {row[4]:.2f}, ratio {row[5]:.2f}", flush=True)
-    steps = args.steps or (2 if args.quick else 300)
-    train_images, test_images = (16, 8) if args.quick else (200, 100)
-    rows = learning(steps, train_images, test_images)
+    steps = args.steps or (1 if args.quick else 300)
+    train_images, test_images = (8, 4) if args.quick else (200, 100)
+    rows = learning(steps, train_images, test_images, pair=pair)
     text = (f"### Training speed: kdet RetinaNet vs keras-cv RetinaNet\n\n"
-            f"`python benchmarks/training.py{' --quick' if args.quick else ''}`; one `fit` call of a few steps on the same "
+            f"`python benchmarks/training.py{' --quick' if args.quick else ''}`; one `fit` call of a few "
+            f"steps on the same "
             f"synthetic batch, graph mode (jit_compile=False) for both, median of {repeats} round-robin calls. "
             f"Image size reduced to {row[1]} to keep the run within minutes on CPU. Ratio > 1 means kdet is "
             f"faster. {machine_summary()}.\n\n"

@@ -1,0 +1,77 @@
+"""The benchmark scripts keep working: each runs in --quick mode (CI does not assert speed)."""
+
+import datetime
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+def run_quick(script: str, *extra: str) -> str:
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", *extra], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_inference_quick():
+    out = run_quick("inference.py")
+    assert "| batch | mode | kdet img/s | keras-cv img/s | kdet / keras-cv |" in out
+    assert "GFLOPs/img" in out
+
+
+def test_training_quick():
+    out = run_quick("training.py")
+    assert "kdet steps/s" in out and "| model | parameters | steps |" in out
+
+
+def test_hardware_quick(tmp_path):
+    fragment = tmp_path / "hw.md"
+    out = run_quick("hardware.py", "--out", str(fragment))
+    assert "% of peak" in out and "Peak:" in out
+    assert fragment.read_text().startswith("### Hardware limit")
+
+
+def test_export_quick():
+    out = run_quick("export.py")
+    assert "| architecture | weights | input | size (KiB) | latency (ms) |" in out
+
+
+def test_function_gflops_matches_conv_arithmetic():
+    """Oracle: a bias-free 3x3 Conv2D costs 2 * H * W * Cout * 3 * 3 * Cin FLOPs."""
+    import keras
+    import tensorflow as tf
+    from inference import function_gflops
+
+    conv = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)
+    flops = function_gflops(conv, tf.TensorSpec((1, 16, 16, 4), tf.float32)) * 1e9
+    assert flops == pytest.approx(2 * 16 * 16 * 8 * 3 * 3 * 4)
+
+
+def test_keras_cv_detections_convert_to_kdet_dict():
+    import numpy as np
+    from training import keras_cv_to_kdet
+
+    pred = {"boxes": np.ones((1, 3, 4)), "confidence": np.array([[0.9, 0.5, -1.0]]),
+            "classes": np.array([[2, 1, -1]]), "num_detections": np.array([2])}
+    out = keras_cv_to_kdet(pred)
+    np.testing.assert_array_equal(out["labels"], [[2, 1, -1]])
+    np.testing.assert_allclose(out["scores"], [[0.9, 0.5, 0.0]])
+    assert out["num_detections"].dtype == np.int32
+
+
+def test_run_all_assembles_page(tmp_path):
+    from run_all import assemble
+
+    (tmp_path / "nms.md").write_text("### NMS table\n\n| a |\n|---|\n| 1 |\n")
+    results = [("nms.py", "nms.md", "NMS section", 0, 1.5, ""),
+               ("training.py", "training.md", "Training section", 1, 2.0, "Traceback: boom")]
+    page = assemble(results, tmp_path, quick=True, when=datetime.datetime(2026, 1, 2, 3, 4))
+    assert "2026-01-02 03:04 UTC" in page and "## Machine" in page and "- cores:" in page
+    assert "- tensorflow: " in page and "### NMS table" in page
+    assert "failed (exit 1)" in page and "Traceback: boom" in page
