@@ -376,3 +376,20 @@ def torchvision_faster_rcnn(num_classes: int = 80, image_size=800, **options):
         options.setdefault("class_names", list(COCO_CLASSES))
     # "resnet50" builds the same ResNet-50 + FPN as "resnet50_fpn" (whose name FasterRCNN parses as "50_").
     return FasterRCNN(num_classes, backbone="resnet50", image_size=image_size, **options)
+
+
+def _from_pth(convert):
+    def converter(model, path):
+        from kdet.zoo.pth import load_state_dict
+
+        convert(model, load_state_dict(path))
+
+    converter.__name__ = f"load_{convert.__name__[len('convert_'):]}_pth"
+    converter.__doc__ = (f"Registry converter ``(model, path)``: reads a torchvision ``.pth`` with "
+                         f":func:`kdet.zoo.pth.load_state_dict` (no torch) and runs :func:`{convert.__name__}`.")
+    return converter
+
+
+load_retinanet_pth = _from_pth(convert_retinanet)
+load_ssd300_pth = _from_pth(convert_ssd300)
+load_faster_rcnn_pth = _from_pth(convert_faster_rcnn)

@@ -2,39 +2,14 @@
 
 import os
 import pickle
-import struct
 import zipfile
 
 import numpy as np
 import pytest
 
 from kdet.zoo.pth import UnsafeCheckpointError, load_pth, load_state_dict
-
-
-def _global(module: str, name: str) -> bytes:
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def _text(value: str) -> bytes:
-    data = value.encode()
-    return b"X" + struct.pack("<I", len(data)) + data
-
-
-def _int(value: int) -> bytes:
-    return b"J" + struct.pack("<i", value)
-
-
-def _tuple(items) -> bytes:
-    return b"(" + b"".join(_int(i) for i in items) + b"t"
-
-
-def _tensor_pickle(key: str, storage: str, numel: int, offset: int, size, stride) -> bytes:
-    """Opcodes of ``_rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())``, as torch writes."""
-    persistent = b"(" + _text("storage") + _global("torch", storage) + _text(key) + _text("cpu") + _int(numel)
-    persistent += b"tQ"  # TUPLE, BINPERSID
-    hooks = _global("collections", "OrderedDict") + b")R"
-    return (_global("torch._utils", "_rebuild_tensor_v2") + b"(" + persistent + _int(offset) + _tuple(size)
-            + _tuple(stride) + b"\x89" + hooks + b"tR")
+from tests.zoo.torch_zip import _global, _text
+from tests.zoo.torch_zip import tensor_opcodes as _tensor_pickle
 
 
 def _hand_built_checkpoint(path):
@@ -150,3 +125,21 @@ def test_reads_nested_training_checkpoint(tmp_path):
     torch.save({"model": model.state_dict(), "epoch": 3}, tmp_path / "ckpt.pth")
     loaded = load_state_dict(tmp_path / "ckpt.pth")
     np.testing.assert_array_equal(loaded["weight"], model.weight.detach().numpy())
+
+
+def test_torch_free_writer_round_trips(tmp_path):
+    from tests.zoo.torch_zip import write_state_dict_zip
+
+    state = {"a.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "a.n": np.array(3, np.int64),
+             "mask": np.array([True, False]), "h": np.ones(3, np.float16)}
+    write_state_dict_zip(state, tmp_path / "w.pth")
+    loaded = load_state_dict(tmp_path / "w.pth")
+    assert list(loaded) == list(state)
+    for key, value in state.items():
+        assert loaded[key].dtype == value.dtype
+        np.testing.assert_array_equal(loaded[key], value)
+    torch = pytest.importorskip("torch")
+    # The writer is faithful: torch itself reads the file, even with weights_only=True.
+    reread = torch.load(tmp_path / "w.pth", weights_only=True)
+    for key, value in state.items():
+        np.testing.assert_array_equal(reread[key].numpy(), value)

@@ -206,3 +206,18 @@ def test_faster_rcnn_box_head_parity_all_proposals(faster_rcnn_outputs):
 def test_faster_rcnn_end_to_end_detections(faster_rcnn_outputs):
     model, _, _, _, ref = faster_rcnn_outputs
     assert matched_fraction(model, ref, lambda labels: labels + 1) >= 0.9
+
+
+def test_ssd300_loads_from_a_pth_file_without_torch(ssd300_91, tmp_path):
+    from kdet.zoo.torchvision import load_ssd300_pth
+    from tests.zoo.torch_zip import write_state_dict_zip
+
+    model, ref = ssd300_91
+    _, state, _ = shared_fixture("ssd300_vgg16")
+    write_state_dict_zip(state, tmp_path / "ssd300_vgg16_coco.pth")
+    for name in ("ssd_cls_l0", "fc7"):  # spoil some weights: the file must restore them
+        layer = model.network.get_layer(name) if name.startswith("ssd") else model.backbone.get_layer(name)
+        layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    load_ssd300_pth(model, tmp_path / "ssd300_vgg16_coco.pth")
+    raw = model.network(ref["normalized_input"][None], training=False)
+    assert relative_error(raw["cls"][0], ref["cls_logits"]) <= TOLERANCE
