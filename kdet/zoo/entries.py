@@ -78,6 +78,39 @@ register(ModelEntry(
     model_card="zoo/yolov3_tiny_coco.md",
 ))
 
+# google/automl EfficientDet D0-D7 (Apache-2.0), "coco2" checkpoints. Reported numbers: automl
+# efficientdet/README.md, "Pretrained EfficientDet Checkpoints" table (COCO test-dev2017 AP, AP50;
+# val2017 AP), single model, single scale. Input sizes: automl hparams_config.py (= EFFICIENTDET_VARIANTS).
+_AUTOML_URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientdet/coco2/efficientdet-{}.tar.gz"
+_AUTOML_SOURCE = ("google/automl efficientdet/README.md, Pretrained EfficientDet Checkpoints table "
+                  "(COCO test-dev2017; coco_val_box_AP on val2017)")
+_AUTOML_LICENSE = "Apache-2.0 (google/automl EfficientDet checkpoints)"
+_AUTOML_VARIANTS = (  # variant, input size, test-dev AP, AP50, val AP
+    ("d0", 512, 34.6, 53.0, 34.3), ("d1", 640, 40.5, 59.1, 40.2), ("d2", 768, 43.0, 62.3, 42.5),
+    ("d3", 896, 47.5, 66.2, 47.2), ("d4", 1024, 49.7, 68.4, 49.3), ("d5", 1280, 51.5, 70.5, 51.2),
+    ("d6", 1280, 52.6, 71.5, 52.1), ("d7", 1536, 53.7, 72.4, 53.4),
+)
+
+for _variant, _size, _ap, _ap50, _val in _AUTOML_VARIANTS:
+    register(ModelEntry(
+        name=f"efficientdet_{_variant}_coco",
+        builder="kdet.models.efficientdet:EfficientDet",
+        builder_kwargs={"num_classes": 80, "variant": _variant},
+        description=f"EfficientDet-{_variant.upper()}, google/automl COCO checkpoint",
+        input_size=(_size, _size),
+        class_names=COCO,
+        weights=WeightsSource(
+            url=_AUTOML_URL.format(_variant),
+            sha256=None,  # not published upstream: recorded after the first download
+            converter="kdet.zoo.automl:convert_automl_efficientdet",
+            archive="tar",
+        ),
+        license=_AUTOML_LICENSE,
+        metrics={"coco_box_AP": _ap, "coco_box_AP50": _ap50, "coco_val_box_AP": _val},
+        metrics_source=_AUTOML_SOURCE,
+        model_card=f"zoo/efficientdet_{_variant}_coco.md",
+    ))
+
 # --- Architectures only (random weights; pass num_classes) ------------------
 
 _ARCHITECTURES = (
