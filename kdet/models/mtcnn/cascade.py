@@ -15,6 +15,20 @@ which itself follows the original MATLAB code:
 * Crops: ``crop_and_resize`` of the normalised image with boxes normalised
   by (W, H) (not W - 1, H - 1) and zero (= grey) outside the image.
 * ONet landmarks: ``x = w * l + x1 - 1`` with the ONet *input* box.
+
+Two execution modes share this code (the ``xla`` argument of every stage):
+
+* ``xla=True``: fully static shapes and the XLA-compilable re-implementations
+  of ResizeArea / CropAndResize (``image_ops``); the candidate sets keep their
+  static budgets. This is what ``jit_compile=True`` and export need.
+* ``xla=False`` (plain ``tf.function`` graph): TensorFlow's own ResizeArea and
+  CropAndResize kernels (the ones the ``mtcnn`` package calls) and every
+  candidate set trimmed, after thresholding, to the largest number of valid
+  candidates in the batch (still capped by the static budgets). Trimming drops
+  only invalid candidates, which sort last, so both modes give the same
+  detections; on CPU it avoids running RNet/ONet and the (N, N) NMS matrices
+  on padding, and TensorFlow's oneDNN convolutions are several times faster
+  than XLA:CPU's for these small-channel networks (see docs/models/mtcnn.md).
 """
 
 from __future__ import annotations
@@ -85,15 +99,44 @@ def calibrate(boxes, reg):
     return boxes + reg * tf.stack([w, h, w, h], axis=-1)
 
 
-def _pnet_level(pnet, x, scale: float, threshold: float, top_k: int, nms: float, greedy: bool):
+def budget(valid, cap: int, xla: bool):
+    """How many sorted candidates to keep: ``cap`` (XLA), else min(cap, most valid in any image).
+
+    Candidates are sorted valid-first, so in graph mode the trimmed set holds
+    every valid candidate of every image and nothing is lost. At least one
+    (then invalid) slot is kept: TensorFlow's Conv2D mishandles empty batches.
+    """
+    if xla:
+        return cap
+    most = tf.reduce_max(tf.reduce_sum(tf.cast(valid, tf.int32), axis=-1))
+    return tf.minimum(cap, tf.maximum(most, 1))
+
+
+def _num_candidates(t):
+    """Static length of axis 1 when known, else the dynamic one (graph mode)."""
+    return t.shape[1] if t.shape[1] is not None else tf.shape(t)[1]
+
+
+def resize_level(x, size: tuple[int, int], xla: bool):
+    """Area resize of (B, H, W, 3) to ``size``: TF's ResizeArea kernel, or its XLA twin."""
+    if xla:
+        return area_resize(x, size)
+    if tuple(size) == (x.shape[1], x.shape[2]):
+        return x
+    return tf.image.resize(x, size, method="area")
+
+
+def _pnet_level(pnet, x, scale: float, threshold: float, top_k: int, nms: float, greedy: bool,
+                xla: bool):
     """PNet on one pyramid level -> per-level NMS'ed (scores, keep, boxes), each (B, k[, 4])."""
     height, width = x.shape[1], x.shape[2]
-    scaled = area_resize(x, (int(height * scale), int(width * scale)))
+    scaled = resize_level(x, (int(height * scale), int(width * scale)), xla)
     reg, prob = pnet(scaled, training=False)
     out_h, out_w = reg.shape[1], reg.shape[2]
     score = tf.reshape(prob[..., 1], (-1, out_h * out_w))
     reg = tf.reshape(reg, (-1, out_h * out_w, 4))
-    top, index = tf.math.top_k(score, k=min(out_h * out_w, top_k), sorted=True)
+    k = budget(score > threshold, min(out_h * out_w, top_k), xla)
+    top, index = tf.math.top_k(score, k=k, sorted=True)
     reg = tf.gather(reg, index, batch_dims=1)
     row = tf.cast(index // out_w, tf.float32)
     col = tf.cast(index % out_w, tf.float32)
@@ -108,7 +151,7 @@ def _pnet_level(pnet, x, scale: float, threshold: float, top_k: int, nms: float,
 
 
 def pnet_stage(pnet, x, scales, *, threshold: float, nms_per_scale: float, nms_cross_scale: float,
-               top_k_per_scale: int, max_candidates: int, greedy: bool):
+               top_k_per_scale: int, max_candidates: int, greedy: bool, xla: bool = True):
     """Proposals of the whole pyramid.
 
     Args:
@@ -120,52 +163,60 @@ def pnet_stage(pnet, x, scales, *, threshold: float, nms_per_scale: float, nms_c
             best per-level survivors entering the cross-scale NMS.
         max_candidates: proposals passed on to RNet.
         greedy: NMS rule (see ``nms.suppress_sorted``).
+        xla: static XLA-compilable mode, or graph mode (see the module docstring).
 
     Returns:
-        (scores (B, K), valid (B, K), square boxes (B, K, 4) xyxy input pixels).
+        (scores (B, K), valid (B, K), square boxes (B, K, 4) xyxy input pixels);
+        K = max_candidates (XLA) or at most that (graph mode).
     """
-    levels = [_pnet_level(pnet, x, s, threshold, top_k_per_scale, nms_per_scale, greedy)
+    levels = [_pnet_level(pnet, x, s, threshold, top_k_per_scale, nms_per_scale, greedy, xla)
               for s in scales]
     scores = tf.concat([lv[0] for lv in levels], axis=1)
     keep = tf.concat([lv[1] for lv in levels], axis=1)
     boxes = tf.concat([lv[2] for lv in levels], axis=1)
-    scores, keep, boxes = sort_candidates(scores, keep, boxes, k=top_k_per_scale)
+    scores, keep, boxes = sort_candidates(scores, keep, boxes,
+                                          k=budget(keep, top_k_per_scale, xla))
     keep = suppress_sorted(boxes, keep, nms_cross_scale, "union", greedy)
-    scores, keep, boxes = sort_candidates(scores, keep, boxes, k=max_candidates)
+    scores, keep, boxes = sort_candidates(scores, keep, boxes, k=budget(keep, max_candidates, xla))
     return scores, keep, square(boxes)
 
 
-def crop_patches(x, boxes, size: int):
-    """(B, K, 4) xyxy pixel boxes -> (B*K, size, size, 3) crops of the normalised images."""
+def crop_patches(x, boxes, size: int, xla: bool = True):
+    """(B, K, 4) xyxy pixel boxes -> (B*K, size, size, 3) crops of the normalised images.
+
+    ``xla=False`` uses TensorFlow's CropAndResize kernel (the package's), else
+    its XLA-compilable twin.
+    """
     height, width = x.shape[1], x.shape[2]
-    k = boxes.shape[1]
     x1, y1, x2, y2 = tf.unstack(tf.reshape(boxes, (-1, 4)), axis=-1)
     # The package normalises by (W, H), not (W - 1, H - 1): kept for parity.
     norm = tf.stack([y1 / height, x1 / width, y2 / height, x2 / width], axis=-1)
-    batch = tf.shape(boxes)[0]
-    index = tf.repeat(tf.range(batch), k)
-    return crop_and_resize(x, norm, index, (size, size))
+    index = tf.repeat(tf.range(tf.shape(boxes)[0]), _num_candidates(boxes))
+    if xla:
+        return crop_and_resize(x, norm, index, (size, size))
+    return tf.image.crop_and_resize(x, norm, index, (size, size))
 
 
 def rnet_stage(rnet, x, boxes, valid, *, threshold: float, nms: float, max_candidates: int,
-               greedy: bool):
-    """Refines proposals with RNet -> (scores, valid, square boxes) with K = max_candidates."""
-    k = boxes.shape[1]
-    reg, prob = rnet(crop_patches(x, boxes, RNET_SIZE), training=False)
+               greedy: bool, xla: bool = True):
+    """Refines proposals with RNet -> (scores, valid, square boxes), K <= max_candidates."""
+    k = _num_candidates(boxes)
+    reg, prob = rnet(crop_patches(x, boxes, RNET_SIZE, xla), training=False)
     scores = tf.reshape(prob[:, 1], (-1, k))
     boxes = calibrate(boxes, tf.reshape(reg, (-1, k, 4)))
     valid = valid & (scores > threshold)
-    scores, valid, boxes = sort_candidates(scores, valid, boxes)
+    scores, valid, boxes = sort_candidates(scores, valid, boxes, k=budget(valid, k, xla))
     valid = suppress_sorted(boxes, valid, nms, "union", greedy)
-    scores, valid, boxes = sort_candidates(scores, valid, boxes, k=max_candidates)
+    scores, valid, boxes = sort_candidates(scores, valid, boxes,
+                                           k=budget(valid, max_candidates, xla))
     return scores, valid, square(boxes)
 
 
 def onet_stage(onet, x, boxes, valid, *, threshold: float, nms: float, max_detections: int,
-               greedy: bool):
-    """Final ONet stage -> (scores, valid, boxes (B, K, 4), landmarks (B, K, 5, 2))."""
-    k = boxes.shape[1]
-    reg, marks, prob = onet(crop_patches(x, boxes, ONET_SIZE), training=False)
+               greedy: bool, xla: bool = True):
+    """Final ONet stage -> (scores, valid, boxes (B, K, 4), landmarks (B, K, 5, 2)), K <= max_detections."""
+    k = _num_candidates(boxes)
+    reg, marks, prob = onet(crop_patches(x, boxes, ONET_SIZE, xla), training=False)
     scores = tf.reshape(prob[:, 1], (-1, k))
     marks = tf.reshape(marks, (-1, k, 2, 5))  # (x1..x5, y1..y5)
     size = boxes[..., 2:] - boxes[..., :2] + 1.0                     # (B, K, 2): w, h
@@ -174,20 +225,26 @@ def onet_stage(onet, x, boxes, valid, *, threshold: float, nms: float, max_detec
     boxes = calibrate(boxes, tf.reshape(reg, (-1, k, 4)))
     valid = valid & (scores > threshold)
     flat_marks = tf.reshape(landmarks, (-1, k, 10))
-    scores, valid, boxes, flat_marks = sort_candidates(scores, valid, boxes, flat_marks)
+    scores, valid, boxes, flat_marks = sort_candidates(scores, valid, boxes, flat_marks,
+                                                       k=budget(valid, k, xla))
     valid = suppress_sorted(boxes, valid, nms, "min", greedy)
     scores, valid, boxes, flat_marks = sort_candidates(scores, valid, boxes, flat_marks,
-                                                       k=max_detections)
-    return scores, valid, boxes, tf.reshape(flat_marks, (-1, boxes.shape[1], 5, 2))
+                                                       k=budget(valid, max_detections, xla))
+    marks = tf.reshape(flat_marks, (tf.shape(boxes)[0], _num_candidates(boxes), 5, 2))
+    return scores, valid, boxes, marks
 
 
 def pad_candidates(k: int, *tensors):
-    """Pads (B, n, ...) tensors with zeros along axis 1 to length k (n <= k)."""
+    """Pads (B, n, ...) tensors with zeros along axis 1 to length k (n <= k, n may be dynamic)."""
     out = []
     for t in tensors:
         n = t.shape[1]
-        pad = [[0, 0], [0, k - n]] + [[0, 0]] * (t.shape.rank - 2)
-        out.append(tf.pad(t, pad) if n < k else t)
+        if n is not None and n >= k:
+            out.append(t)
+            continue
+        amount = k - (n if n is not None else tf.shape(t)[1])
+        padded = tf.pad(t, [[0, 0], [0, amount]] + [[0, 0]] * (t.shape.rank - 2))
+        out.append(tf.ensure_shape(padded, [t.shape[0], k] + t.shape[2:].as_list()))
     return out
 
 

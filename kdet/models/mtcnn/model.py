@@ -59,6 +59,13 @@ class MTCNN(Detector):
             at this many pixels (bounded memory on huge images).
         greedy_nms: classic greedy NMS (True) or the ``mtcnn`` package's
             "suppressed by any higher box" rule (False, the default, for parity).
+        jit_compile: how ``detect()`` / ``predict()`` run the cascade: True,
+            one XLA-compiled function per image size (static shapes); False,
+            one ``tf.function`` graph per image size using TensorFlow's
+            ResizeArea / CropAndResize kernels and candidate sets trimmed to
+            the valid ones (same detections); "auto" (default): XLA when a
+            GPU is visible, the graph on CPU, where XLA:CPU's convolutions
+            are several times slower than TensorFlow's for these networks.
         width: channel multiplier of the three networks (1.0 for the
             pretrained weights; smaller for quick training experiments).
         pnet, rnet, onet: optional prebuilt networks (e.g. trained with
@@ -75,7 +82,8 @@ class MTCNN(Detector):
                  scale_factor: float = SCALE_FACTOR, weights: str | os.PathLike | None = "default",
                  nms_thresholds: Sequence[float] = DEFAULT_NMS, pnet_top_k: int = 1000,
                  rnet_candidates: int = 256, onet_candidates: int = 64, max_detections: int = 64,
-                 max_pyramid_side: int = 2048, greedy_nms: bool = False, width: float = 1.0,
+                 max_pyramid_side: int = 2048, greedy_nms: bool = False,
+                 jit_compile: bool | str = "auto", width: float = 1.0,
                  pnet: keras.Model | None = None, rnet: keras.Model | None = None,
                  onet: keras.Model | None = None, bounding_box_format: str = "xyxy",
                  name: str = "mtcnn", **kwargs):
@@ -97,6 +105,9 @@ class MTCNN(Detector):
         if self.max_pyramid_side < 12:
             raise ValueError(f"max_pyramid_side must be >= 12 (PNet's cell); received {max_pyramid_side}.")
         self.greedy_nms = bool(greedy_nms)
+        if jit_compile not in (True, False, "auto"):
+            raise ValueError(f"jit_compile must be True, False or 'auto'; received {jit_compile!r}.")
+        self.jit_compile = jit_compile
         if not float(width) > 0:
             raise ValueError(f"width must be a positive channel multiplier; received {width!r}.")
         self.width = float(width)
@@ -137,11 +148,13 @@ class MTCNN(Detector):
         return cascade.pyramid_scales(height, width, self.min_face_size, self.scale_factor,
                                       self.max_pyramid_side)
 
-    def raw_outputs(self, images, training=False) -> dict:
+    def raw_outputs(self, images, training=False, xla: bool = True) -> dict:
         """Every stage's candidates: {"pnet"|"rnet": (scores, valid, boxes), "onet": (+landmarks)}.
 
         Boxes are xyxy input pixels; PNet/RNet boxes are the squared boxes fed
         to the next stage. Used by ``call`` and by hard-sample mining.
+        ``xla=False`` selects the graph mode of ``cascade`` (TF kernels,
+        trimmed candidate sets of dynamic length; not XLA-compilable).
         """
         height, width = images.shape[1], images.shape[2]
         if height is None or width is None:
@@ -157,13 +170,14 @@ class MTCNN(Detector):
         thr, nms, greedy = self.thresholds, self.nms_thresholds, self.greedy_nms
         out = {"pnet": cascade.pnet_stage(
             self.pnet, x, scales, threshold=thr[0], nms_per_scale=nms[0], nms_cross_scale=nms[1],
-            top_k_per_scale=self.pnet_top_k, max_candidates=self.rnet_candidates, greedy=greedy)}
+            top_k_per_scale=self.pnet_top_k, max_candidates=self.rnet_candidates, greedy=greedy,
+            xla=xla)}
         _, valid, boxes = out["pnet"]
         out["rnet"] = cascade.rnet_stage(self.rnet, x, boxes, valid, threshold=thr[1], nms=nms[2],
-                                         max_candidates=self.onet_candidates, greedy=greedy)
+                                         max_candidates=self.onet_candidates, greedy=greedy, xla=xla)
         _, valid, boxes = out["rnet"]
         out["onet"] = cascade.onet_stage(self.onet, x, boxes, valid, threshold=thr[2], nms=nms[3],
-                                         max_detections=self.max_detections, greedy=greedy)
+                                         max_detections=self.max_detections, greedy=greedy, xla=xla)
         return out
 
     def postprocess(self, raw, height: int = None, width: int = None, batch=None) -> dict:
@@ -183,20 +197,32 @@ class MTCNN(Detector):
         }
 
     def call(self, images, training=None):
+        return self._forward(images, xla=True)
+
+    def _forward(self, images, xla: bool) -> dict:
+        """The whole cascade and output dict; ``xla`` picks the cascade mode."""
         images = tf.convert_to_tensor(images)
         if images.shape.rank != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must have shape (batch, height, width, 3); received {images.shape}.")
-        raw = self.raw_outputs(images)
+        raw = self.raw_outputs(images, xla=xla)
         out = self.postprocess(raw, images.shape[1], images.shape[2], batch=tf.shape(images)[0])
         return self.detections_to_input(images, out)
 
+    def uses_xla(self) -> bool:
+        """Whether ``detect()`` / ``predict()`` run XLA-compiled (see ``jit_compile``)."""
+        if self.jit_compile == "auto":
+            return bool(tf.config.list_logical_devices("GPU"))
+        return bool(self.jit_compile)
+
     def _run_compiled(self, images):
-        """Runs the cascade through one XLA-compiled function per image size."""
+        """Runs the cascade through one compiled function per image size (reused across calls)."""
         images = tf.convert_to_tensor(images, tf.float32)
-        key = (int(images.shape[1]), int(images.shape[2]))
+        xla = self.uses_xla()
+        key = (int(images.shape[1]), int(images.shape[2]), xla)
         fn = self._compiled.get(key)
         if fn is None:
-            fn = tf.function(lambda x: self(x, training=False), jit_compile=True,
+            # One function per size: the pyramid is built from the static size at trace time.
+            fn = tf.function(lambda x: self._forward(x, xla=xla), jit_compile=xla,
                              reduce_retracing=True)
             self._compiled[key] = fn
         return fn(images)
@@ -236,6 +262,7 @@ class MTCNN(Detector):
             "max_detections": self.max_detections,
             "max_pyramid_side": self.max_pyramid_side,
             "greedy_nms": self.greedy_nms,
+            "jit_compile": self.jit_compile,
             "width": self.width,
             "bounding_box_format": self.bounding_box_format,
             "pnet": keras.saving.serialize_keras_object(self.pnet),

@@ -75,15 +75,17 @@ def suppress_sorted(boxes, valid, iou_threshold: float, method: str = "union",
         >>> suppress_sorted(boxes, tf.ones((1, 3), bool), 0.5).numpy()
         array([[ True, False,  True]])
     """
-    n = boxes.shape[-2]
-    if n is None:
-        raise ValueError("suppress_sorted needs a static number of candidates (boxes.shape[-2]).")
     valid = tf.cast(valid, tf.bool)
+    n = boxes.shape[-2]
     if n == 0:
         return valid
+    if n is None:  # graph mode (not XLA): a trimmed, dynamic-size candidate set
+        n = tf.shape(boxes)[-2]
     overlap = pairwise_overlap(boxes, method)
-    # earlier[i, j]: candidate i ranks before j; suppressor i of j must be valid.
-    earlier = tf.linalg.band_part(tf.ones((n, n), tf.bool), 0, -1) & ~tf.eye(n, dtype=tf.bool)
+    # earlier[i, j]: candidate i ranks before j (strictly upper triangle); the
+    # suppressor i of j must be valid.
+    rank = tf.range(n)
+    earlier = rank[:, None] < rank[None, :]
     conflicts = (overlap > iou_threshold) & earlier & valid[..., :, None]
 
     def step(keep):
@@ -112,13 +114,18 @@ def sort_candidates(scores, valid, *tensors, k: int | None = None):
         scores: (B, N) float scores.
         valid: (B, N) bool mask.
         *tensors: (B, N, ...) tensors gathered along the same order.
-        k: how many to keep (default N; must be <= N).
+        k: how many to keep (default N; clamped to N); a scalar int32 tensor
+            is accepted outside XLA (dynamic trimming in graph mode).
 
     Returns:
         (scores (B, k), valid (B, k), *tensors (B, k, ...)), sorted best first.
     """
     n = scores.shape[-1]
-    k = n if k is None else min(int(k), n)
+    if n is None or tf.is_tensor(k):
+        size = tf.shape(scores)[-1]
+        k = size if k is None else tf.minimum(k, size)
+    else:
+        k = n if k is None else min(int(k), n)
     masked = tf.where(valid, scores, -1.0 - tf.ones_like(scores))  # scores are probabilities >= 0
     top, order = tf.math.top_k(masked, k=k, sorted=True)
     gathered = [tf.gather(t, order, batch_dims=1) for t in tensors]
