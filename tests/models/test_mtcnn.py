@@ -160,3 +160,29 @@ def test_save_and_load_round_trip(tmp_path):
     for a, b in zip(model.pnet.weights + model.onet.weights, loaded.pnet.weights + loaded.onet.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     np.testing.assert_allclose(model.predict(x)["scores"], loaded.predict(x)["scores"], atol=1e-5)
+
+
+def test_xla_and_graph_modes_agree_and_each_compiles_once(pretrained):
+    """jit_compile=True (static XLA cascade) and False (trimmed graph) find the same faces."""
+    image = __import__("kdet").data.images.load_image(
+        __import__("kdet").models.mtcnn.pretrained_dir().parent / "images" / "ivan.jpg")
+    small = tf.image.resize(image, (100, 100)).numpy()
+    batch = np.stack([small, np.zeros_like(small)])
+    xla_model = MTCNN(jit_compile=True)
+    graph_model = MTCNN(jit_compile=False)
+    assert xla_model.uses_xla() and not graph_model.uses_xla()
+    assert MTCNN(jit_compile="auto", weights=None).uses_xla() == bool(tf.config.list_logical_devices("GPU"))
+    fast, xla = graph_model.predict(batch), xla_model.predict(batch)
+    assert fast["num_detections"].tolist() == xla["num_detections"].tolist()
+    assert fast["num_detections"][0] >= 1 and fast["num_detections"][1] == 0
+    for key in ("boxes", "scores", "landmarks"):
+        np.testing.assert_allclose(fast[key], xla[key], atol=1e-2)
+    for model in (graph_model, xla_model):
+        model.detect(small)
+        (fn,) = model._compiled.values()
+        traces = fn.experimental_get_tracing_count()
+        model.detect(small[::-1].copy())  # same size: same function, no retrace
+        assert list(model._compiled.values()) == [fn]
+        assert fn.experimental_get_tracing_count() == traces
+    with pytest.raises(ValueError):
+        MTCNN(jit_compile="yes", weights=None)
