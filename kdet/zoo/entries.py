@@ -111,6 +111,47 @@ for _variant, _size, _ap, _ap50, _val in _AUTOML_VARIANTS:
         model_card=f"zoo/efficientdet_{_variant}_coco.md",
     ))
 
+# torchvision detection checkpoints (BSD-3-Clause). Reported numbers: torchvision's model documentation
+# (https://pytorch.org/vision/stable/models.html, "Object Detection" table; the *_Weights.COCO_V1
+# entries), COCO val2017 box AP. The file names carry the first 8 hex digits of the file's sha256
+# (torchvision's convention); the full hash is recorded after the first verified download.
+_TORCHVISION_URL = "https://download.pytorch.org/models/{}"
+_TORCHVISION_LICENSE = "BSD-3-Clause (torchvision)"
+_TORCHVISION_SOURCE = ("torchvision model documentation, Object Detection table, {}.COCO_V1 "
+                       "(COCO val2017 box AP)")
+_TORCHVISION_MODELS = (  # name, file, builder, builder kwargs, input size, converter, weights enum, AP, text
+    ("retinanet_resnet50_fpn_coco", "retinanet_resnet50_fpn_coco-eeacb38b.pth", "torchvision_retinanet",
+     {"num_classes": 80, "image_size": 800}, (800, 800), "load_retinanet_pth",
+     "RetinaNet_ResNet50_FPN_Weights", 36.4, "RetinaNet, ResNet-50 FPN"),
+    ("fasterrcnn_resnet50_fpn_coco", "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth", "torchvision_faster_rcnn",
+     {"num_classes": 80, "image_size": 800}, (800, 800), "load_faster_rcnn_pth",
+     "FasterRCNN_ResNet50_FPN_Weights", 37.0, "Faster R-CNN, ResNet-50 FPN"),
+    ("ssd300_vgg16_coco", "ssd300_vgg16_coco-b556d3b4.pth", "torchvision_ssd300",
+     {"num_classes": 80}, (300, 300), "load_ssd300_pth",
+     "SSD300_VGG16_Weights", 25.1, "SSD300, VGG-16"),
+)
+
+for _name, _file, _builder, _kwargs, _size, _converter, _enum, _ap, _text in _TORCHVISION_MODELS:
+    register(ModelEntry(
+        name=_name,
+        builder=f"kdet.zoo.torchvision:{_builder}",
+        builder_kwargs=_kwargs,
+        description=f"{_text}, torchvision COCO checkpoint (numerically equivalent port)",
+        input_size=_size,
+        class_names=COCO,
+        weights=WeightsSource(
+            url=_TORCHVISION_URL.format(_file),
+            sha256=None,  # not published upstream: recorded after the first download
+            sha256_prefix=_file.rsplit("-", 1)[1].split(".")[0],
+            size=None,
+            converter=f"kdet.zoo.torchvision:{_converter}",
+        ),
+        license=_TORCHVISION_LICENSE,
+        metrics={"coco_box_AP": _ap},
+        metrics_source=_TORCHVISION_SOURCE.format(_enum),
+        model_card=f"zoo/{_name}.md",
+    ))
+
 # --- Architectures only (random weights; pass num_classes) ------------------
 
 _ARCHITECTURES = (
