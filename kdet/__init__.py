@@ -33,11 +33,16 @@ def load(name: str, **kwargs):
     return registry.load(name, **kwargs)
 
 
-def list_models() -> list[str]:
-    """Returns every name ``kdet.load`` accepts, sorted."""
+def list_models(pretrained: bool | None = None) -> list[str]:
+    """Returns every name ``kdet.load`` accepts, sorted.
+
+    Args:
+        pretrained: True for names with pretrained weights only, False for
+            architecture-only names, None (default) for all.
+    """
     from kdet.zoo import registry
 
-    return registry.list_models()
+    return registry.list_models(pretrained=pretrained)
 
 
 def __getattr__(name: str):
