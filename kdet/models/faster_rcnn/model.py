@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdet.detector import Detector
+from kdet.detector import Detector, _to_dense_targets
 from kdet.heads.roi_box import REPRESENTATION_SIZE, roi_box_head
 from kdet.heads.rpn import rpn_head
 from kdet.layers.anchor_generator import AnchorGenerator
@@ -196,6 +196,22 @@ class FasterRCNN(Detector):
             return inputs["images"], inputs.get("proposals")
         return inputs, None
 
+    def random_horizontal_flip(self, images, y, probability: float = 0.5):
+        """The base flip, extended to Fast R-CNN inputs: external proposals flip with their image."""
+        images, proposals = self._split_inputs(images)
+        if proposals is None:
+            return super().random_horizontal_flip(images, y, probability)
+        proposals = tf.cast(self._check_proposals(images, proposals), tf.float32)
+        y = _to_dense_targets(y)
+        # One draw per image for both: proposals ride along as extra rows (label -1) before
+        # the GT, so the first N rows keep a static shape. Zero-area padding stays zero-area.
+        count = proposals.shape[1]
+        rows = {"boxes": tf.concat([proposals, tf.cast(y["boxes"], tf.float32)], axis=1),
+                "labels": tf.concat([tf.fill(tf.shape(proposals)[:2], -1), y["labels"]], axis=1)}
+        images, rows = super().random_horizontal_flip(images, rows, probability)
+        targets = {"boxes": rows["boxes"][:, count:], "labels": rows["labels"][:, count:]}
+        return {"images": images, "proposals": rows["boxes"][:, :count]}, targets
+
     def _network_scale(self, images):
         return super()._network_scale(self._split_inputs(images)[0])
 
@@ -204,6 +220,16 @@ class FasterRCNN(Detector):
 
     def proposals_to_network(self, images, proposals):
         """External proposals in ``bounding_box_format`` input pixels -> xyxy network pixels + validity."""
+        proposals = self._check_proposals(images, proposals)
+        h, w = self._input_hw(images)
+        boxes = convert_format(proposals, self.bounding_box_format, "xyxy", height=h, width=w)
+        sx, sy = self._network_scale(images)
+        boxes = clip_boxes(boxes / tf.stack([sx, sy, sx, sy]), *self.image_size)
+        valid = tf.reduce_all(boxes[..., 2:] - boxes[..., :2] > 0, axis=-1)
+        return tf.where(valid[..., None], boxes, 0.0), valid
+
+    @staticmethod
+    def _check_proposals(images, proposals):
         proposals = tf.convert_to_tensor(proposals)
         if proposals.shape.rank != 3 or proposals.shape[-1] != 4:
             raise ValueError(f"proposals must have shape (batch, num_proposals, 4); received {proposals.shape}.")
@@ -212,12 +238,7 @@ class FasterRCNN(Detector):
         if images.shape[0] is not None and proposals.shape[0] is not None and images.shape[0] != proposals.shape[0]:
             raise ValueError(f"proposals batch ({proposals.shape[0]}) differs from the images batch "
                              f"({images.shape[0]}).")
-        h, w = self._input_hw(images)
-        boxes = convert_format(proposals, self.bounding_box_format, "xyxy", height=h, width=w)
-        sx, sy = self._network_scale(images)
-        boxes = clip_boxes(boxes / tf.stack([sx, sy, sx, sy]), *self.image_size)
-        valid = tf.reduce_all(boxes[..., 2:] - boxes[..., :2] > 0, axis=-1)
-        return tf.where(valid[..., None], boxes, 0.0), valid
+        return proposals
 
     # ------------------------------------------------------------ forward
     def raw_outputs(self, images, training=False):
