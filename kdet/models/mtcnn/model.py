@@ -41,7 +41,8 @@ class MTCNN(Detector):
     Takes raw RGB pixels (B, H, W, 3) in 0..255 and returns the kdet output
     dict plus ``landmarks`` (B, K, 5, 2): (x, y) of left eye, right eye,
     nose, mouth left, mouth right. Label 0 is "face". A batch of same-size
-    images runs as one XLA graph; each new image size compiles once.
+    images runs as one compiled call (XLA or a tf.function graph, see
+    ``jit_compile``); each new image size compiles once.
 
     Args:
         min_face_size: smallest face to find, in pixels (> 0).
@@ -231,7 +232,7 @@ class MTCNN(Detector):
                 callbacks=None) -> dict:
         """Detections for a batch of same-size images (arrays) or a ``tf.data`` input.
 
-        Arrays go through the per-size XLA-compiled cascade in batches of
+        Arrays go through the per-size compiled cascade (see ``jit_compile``) in batches of
         ``batch_size`` (default 32); other inputs use ``keras.Model.predict``.
         """
         if isinstance(x, (np.ndarray, tf.Tensor, list)):
