@@ -86,7 +86,7 @@ class SSD(SingleStageDetector):
     Example:
         >>> model = SSD(num_classes=3, backbone="tiny", image_size=128)
         >>> model.anchors.shape
-        (1532, 4)
+        (1524, 4)
 
     Reference: Liu et al., "SSD: Single Shot MultiBox Detector", ECCV 2016.
     """

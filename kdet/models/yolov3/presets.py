@@ -24,6 +24,27 @@ YOLO_IGNORE_THRESHOLD = 0.5
 # width/height IoU >= 0.25 (YOLOv4-style, Bochkovskiy et al. 2020) generalises.
 TINY_EXTRA_POSITIVE_IOU = 0.25
 
+
+def stride_anchors(strides=(8, 16, 32), size_per_stride: float = 2.0, aspect_ratios=(0.5, 1.0, 2.0),
+                   image_size: int = 128, anchor_image_size: int = ANCHOR_IMAGE_SIZE):
+    """Per level (finest first) anchor (w, h) of side ``size_per_stride * stride`` and each h/w ratio.
+
+    Given in pixels of ``anchor_image_size`` for a network of ``image_size``, so
+    that ``scale_anchors`` maps them back to ``size_per_stride * stride`` pixels.
+    """
+    scale = anchor_image_size / image_size
+    sides = [size_per_stride * stride * scale for stride in strides]
+    return tuple(tuple((round(side / r ** 0.5, 2), round(side * r ** 0.5, 2)) for r in aspect_ratios)
+                 for side in sides)
+
+
+# kdet's tiny configuration: COCO's anchors scaled to 128 px put three of nine shapes below
+# 10 px and leave the stride-8 level idle; anchors of 2 x stride with ratios 1:2, 1:1, 2:1
+# (the foundation's TinyAnchorDetector: 16 / 32 / 64 px at 128; RetinaNet's 4 x stride at
+# full size, Lin et al. 2017) use every level. Given at 416 like the cfg's anchors, so they
+# stay relative to the image (1/8, 1/4, 1/2 of it: 16 / 32 / 64 px at 128).
+TINY_ANCHORS = stride_anchors()
+
 # levels are coarsest first (the order of the cfg); anchors finest first.
 PRESETS = {
     # yolov3.cfg: Darknet-53, three scales.
@@ -36,7 +57,7 @@ PRESETS = {
     # kdet's tiny CNN (tests, examples, CPU experiments); BN momentum 0.9 so that the
     # inference statistics settle within a few hundred steps.
     "tiny": dict(levels=(5, 4, 3), neck_widths=(64, 48, 32), lateral_widths=(32, 32), neck_convs=(3, 3, 3),
-                 head_widths=(128, 96, 64), anchors=YOLOV3_COCO_ANCHORS, bn_momentum=0.9,
+                 head_widths=(128, 96, 64), anchors=TINY_ANCHORS, bn_momentum=0.9,
                  extra_positive_iou=TINY_EXTRA_POSITIVE_IOU),
 }
 BACKBONE_NAMES = tuple(PRESETS)
