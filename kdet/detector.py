@@ -191,6 +191,12 @@ class Detector(keras.Model):
         total = tf.add_n([tf.cast(v, tf.float32) for v in losses.values()])
         if self.losses:
             total += tf.add_n([tf.cast(v, tf.float32) for v in self.losses])
+        # Under tf.distribute each replica's gradients are summed: scale by
+        # 1 / replicas as Keras' own compiled losses do (Keras un-scales the
+        # logged value again).
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            total = total / float(replicas)
         return total
 
     def validate_arrays(self, x, y=None) -> None:

@@ -45,7 +45,8 @@ class MultiLevelRoIAlign(keras.layers.Layer):
 
     def __init__(self, min_level: int = 2, max_level: int = 5, output_size: int = DEFAULT_OUTPUT_SIZE,
                  sampling_ratio: int = DEFAULT_SAMPLING_RATIO, aligned: bool = False, mode: str = "align",
-                 canonical_scale: float = CANONICAL_SCALE, canonical_level: int = CANONICAL_LEVEL, **kwargs):
+                 canonical_scale: float = CANONICAL_SCALE, canonical_level: int = CANONICAL_LEVEL,
+                 clamp_outside: bool = False, **kwargs):
         super().__init__(**kwargs)
         if mode not in ("align", "pool"):
             raise ValueError(f"mode must be 'align' or 'pool'; received {mode!r}.")
@@ -57,6 +58,7 @@ class MultiLevelRoIAlign(keras.layers.Layer):
         self.output_size = check_positive_int("output_size", output_size)
         self.sampling_ratio = check_positive_int("sampling_ratio", sampling_ratio)
         self.aligned = bool(aligned)
+        self.clamp_outside = bool(clamp_outside)
         self.mode = mode
         self.canonical_scale = float(canonical_scale)
         self.canonical_level = int(canonical_level)
@@ -83,7 +85,7 @@ class MultiLevelRoIAlign(keras.layers.Layer):
         if self.mode == "pool":
             return multilevel_roi_pool(features, boxes, levels, self.spatial_scales, self.output_size)
         return multilevel_roi_align(features, boxes, levels, self.spatial_scales, self.output_size,
-                                    self.sampling_ratio, self.aligned)
+                                    self.sampling_ratio, self.aligned, self.clamp_outside)
 
     def compute_output_shape(self, features_shape, boxes_shape):
         channels = features_shape[0][-1]
@@ -93,5 +95,6 @@ class MultiLevelRoIAlign(keras.layers.Layer):
         config = super().get_config()
         config.update(min_level=self.min_level, max_level=self.max_level, output_size=self.output_size,
                       sampling_ratio=self.sampling_ratio, aligned=self.aligned, mode=self.mode,
-                      canonical_scale=self.canonical_scale, canonical_level=self.canonical_level)
+                      canonical_scale=self.canonical_scale, canonical_level=self.canonical_level,
+                      clamp_outside=self.clamp_outside)
         return config

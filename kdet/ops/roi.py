@@ -87,12 +87,14 @@ def _roi_geometry(boxes, levels, heights, widths, offsets, scales):
     return h, w, base, tf.gather(scales, levels)
 
 
-def _axis_samples(start, length, size, bins: int, sampling_ratio: int):
+def _axis_samples(start, length, size, bins: int, sampling_ratio: int, clamp_outside: bool = False):
     """Bilinear taps along one axis (torchvision's ``bilinear_interpolate``, separated per axis).
 
     start, length: (B, R) RoI start and extent in feature cells; size (B, R) int32.
     Returns (B * R, bins, 2 s) int32 (low, high) indices of the samples and their weights,
-    zero for samples outside ``[-1, size]``.
+    zero for samples outside ``[-1, size]`` (torchvision's C++ kernel) unless
+    ``clamp_outside``, which reads the border row/column instead (the clamped
+    sampling that the torchvision fixture of ``fasterrcnn_resnet50_fpn`` shows).
     """
     steps = tf.range(bins * sampling_ratio, dtype=tf.float32)
     bin_size = length / bins
@@ -100,6 +102,8 @@ def _axis_samples(start, length, size, bins: int, sampling_ratio: int):
     coord = start[..., None] + (steps + 0.5) * (bin_size[..., None] / sampling_ratio)
     size = size[..., None]
     valid = tf.cast((coord >= -1.0) & (coord <= tf.cast(size, tf.float32)), tf.float32)
+    if clamp_outside:
+        valid = tf.ones_like(valid)
     coord = tf.maximum(coord, 0.0)
     low = tf.cast(tf.floor(coord), tf.int32)
     at_end = low >= size - 1
@@ -115,7 +119,7 @@ def _axis_samples(start, length, size, bins: int, sampling_ratio: int):
 
 
 def multilevel_roi_align(features: Sequence, boxes, levels, spatial_scales: Sequence[float], output_size=7,
-                         sampling_ratio: int = 2, aligned: bool = False):
+                         sampling_ratio: int = 2, aligned: bool = False, clamp_outside: bool = False):
     """RoIAlign where each RoI reads the pyramid level given by ``levels``.
 
     Args:
@@ -128,6 +132,8 @@ def multilevel_roi_align(features: Sequence, boxes, levels, spatial_scales: Sequ
             adaptive ``ceil(roi / P)`` has no static shape and is not offered).
         aligned: half-pixel-corrected boxes (Detectron2) instead of the
             original convention (torchvision v1 ``fasterrcnn_resnet50_fpn``).
+        clamp_outside: samples beyond the feature map read its border instead
+            of counting as zero.
 
     Returns:
         (B, R, P_h, P_w, C) pooled features in the features' dtype.
@@ -153,8 +159,8 @@ def multilevel_roi_align(features: Sequence, boxes, levels, spatial_scales: Sequ
     rw, rh = x2 - x1, y2 - y1
     if not aligned:  # torchvision: "force malformed ROIs to be 1x1"
         rw, rh = tf.maximum(rw, 1.0), tf.maximum(rh, 1.0)
-    ys, wys = _axis_samples(y1, rh, h, ph, s)  # (N, ph, 2s), N = B * R
-    xs, wxs = _axis_samples(x1, rw, w, pw, s)  # (N, pw, 2s)
+    ys, wys = _axis_samples(y1, rh, h, ph, s, clamp_outside)  # (N, ph, 2s), N = B * R
+    xs, wxs = _axis_samples(x1, rw, w, pw, s, clamp_outside)  # (N, pw, 2s)
     # All 4 s^2 (sample, corner) taps of a bin side by side: (N, ph, pw, 2s, 2s).
     row = ys * tf.reshape(w, [-1, 1, 1]) + tf.reshape(base, [-1, 1, 1])
     index = row[:, :, None, :, None] + xs[:, None, :, None, :]
@@ -170,7 +176,7 @@ def multilevel_roi_align(features: Sequence, boxes, levels, spatial_scales: Sequ
 
 
 def roi_align(features, boxes, output_size=7, spatial_scale: float = 1.0, sampling_ratio: int = 2,
-              aligned: bool = False):
+              aligned: bool = False, clamp_outside: bool = False):
     """RoIAlign on one feature map (see :func:`multilevel_roi_align`).
 
     Args:
@@ -182,7 +188,8 @@ def roi_align(features, boxes, output_size=7, spatial_scale: float = 1.0, sampli
     """
     boxes = tf.convert_to_tensor(boxes)
     levels = tf.zeros(tf.shape(boxes)[:2], tf.int32)
-    return multilevel_roi_align([features], boxes, levels, [spatial_scale], output_size, sampling_ratio, aligned)
+    return multilevel_roi_align([features], boxes, levels, [spatial_scale], output_size, sampling_ratio, aligned,
+                                clamp_outside)
 
 
 def _round_half_away(x):

@@ -367,15 +367,17 @@ def torchvision_faster_rcnn(num_classes: int = 80, image_size=800, **options):
     offset 0 and rounded base anchors, RPN 1000 / 1000 at test, NMS 0.7,
     MultiScaleRoIAlign 7x7 sampling ratio 2 unaligned, canonical 224 / level 4,
     box weights (10, 10, 5, 5), score 0.05, NMS 0.5, 100 detections); this
-    adds the COCO class names.
+    adds the COCO class names and RoIAlign's border clamping
+    (``roi_clamp_outside=True``: the reference outputs read the border row /
+    column for samples past the feature map).
     """
     from kdet.models.faster_rcnn import FasterRCNN
     from kdet.zoo.coco_classes import COCO_CLASSES
 
     if num_classes == 80:
         options.setdefault("class_names", list(COCO_CLASSES))
-    # "resnet50" builds the same ResNet-50 + FPN as "resnet50_fpn" (whose name FasterRCNN parses as "50_").
-    return FasterRCNN(num_classes, backbone="resnet50", image_size=image_size, **options)
+    options.setdefault("roi_clamp_outside", True)
+    return FasterRCNN(num_classes, backbone="resnet50_fpn", image_size=image_size, **options)
 
 
 def _from_pth(convert):

@@ -196,8 +196,6 @@ def test_faster_rcnn_box_head_parity_inside_the_feature_maps(faster_rcnn_outputs
     assert relative_error(box[inside], expected_box[inside]) <= TOLERANCE
 
 
-@pytest.mark.xfail(strict=True, reason="kdet.ops.roi zeroes RoIAlign samples beyond the map (x > W); the "
-                   "fixture's torchvision clamps them to the last row/column (4 of 300 RoIs)")
 def test_faster_rcnn_box_head_parity_all_proposals(faster_rcnn_outputs):
     _, _, cls, _, ref = faster_rcnn_outputs
     assert relative_error(cls, ref["roi_class_logits"]) <= TOLERANCE

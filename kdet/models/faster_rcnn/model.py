@@ -60,7 +60,7 @@ TINY = dict(image_size=128, fpn_width=64, representation_size=256, anchor_sizes=
 COMMON = dict(aspect_ratios=ASPECT_RATIOS, rpn_nms_threshold=0.7, rpn_min_size=1e-3, rpn_positive_iou=0.7,
               rpn_negative_iou=0.3, rpn_positive_fraction=0.5, roi_positive_iou=0.5, roi_negative_iou=0.5,
               roi_positive_fraction=0.25, roi_pooling="align", roi_output_size=7, roi_sampling_ratio=2,
-              roi_aligned=False, canonical_level=4, box_score_threshold=0.05, box_nms_threshold=0.5,
+              roi_aligned=False, roi_clamp_outside=False, canonical_level=4, box_score_threshold=0.05, box_nms_threshold=0.5,
               max_detections=100, min_box_size=1e-2, box_head_ranks=(None, None), seed=None)
 BACKBONES = ("resnet50_fpn", "resnet101_fpn", "tiny")
 
@@ -118,6 +118,9 @@ class FasterRCNN(Detector):
             RoI sampling (0.5, 0.5, 512, 0.25).
         roi_pooling: "align" (RoIAlign) or "pool" (RoIPool).
         roi_output_size, roi_sampling_ratio, roi_aligned: 7, 2, False (torchvision v1).
+        roi_clamp_outside: RoIAlign samples beyond the feature map read its
+            border instead of zero (False; the torchvision ports set True, which
+            is what the parity fixture of ``fasterrcnn_resnet50_fpn`` shows).
         canonical_scale, canonical_level: level rule ``k0 + log2(sqrt(wh) / s0)``
             (224, 4); for "tiny" the scale is a fraction of the short side.
         box_score_threshold, box_nms_threshold, max_detections, min_box_size:
@@ -174,7 +177,7 @@ class FasterRCNN(Detector):
         scale = cfg["canonical_scale"] * side if relative else cfg["canonical_scale"]
         self.roi_pooler = MultiLevelRoIAlign(2, 5, cfg["roi_output_size"], cfg["roi_sampling_ratio"],
                                              cfg["roi_aligned"], cfg["roi_pooling"], scale, cfg["canonical_level"],
-                                             name="box_roi_pool")
+                                             clamp_outside=cfg["roi_clamp_outside"], name="box_roi_pool")
         roi_shape = (cfg["roi_output_size"], cfg["roi_output_size"], cfg["fpn_width"])
         self.box_head = roi_box_head(roi_shape, num_classes, cfg["representation_size"], cfg["box_head_ranks"])
         self.seed_generator = keras.random.SeedGenerator(cfg["seed"], name="sampler_seed")
