@@ -91,7 +91,7 @@ def test_help_for_each_command(command, capsys):
 
 
 def test_weights_unavailable_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
-    from tests.zoo.local_server import closed_port_url
+    from tests.zoo.helpers import closed_port_url
     from tests.zoo.test_registry import _entry
 
     monkeypatch.setenv("KDET_HOME", str(tmp_path))

@@ -22,7 +22,7 @@ import pytest
 import kdet
 from kdet.zoo import automl, converted, registry
 from tests.conftest import SHARED
-from tests.zoo.local_server import LocalServer
+from tests.zoo.helpers import LocalServer
 
 FIXTURE = SHARED / "fixtures" / "automl" / "efficientdet_d0"
 LEVELS = (3, 4, 5, 6, 7)

@@ -19,7 +19,7 @@ import pytest
 import kdet
 from kdet.zoo import cache
 from kdet.zoo.download import DownloadVerificationError, check_url, extract_tar_safely, fetch
-from tests.zoo.local_server import LocalServer, Route, closed_port_url
+from tests.zoo.helpers import LocalServer, Route, closed_port_url
 
 DATA = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
 SHA = hashlib.sha256(DATA).hexdigest()

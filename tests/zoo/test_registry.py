@@ -24,7 +24,7 @@ import pytest
 import kdet
 from kdet.zoo import cache, converted, preset, registry
 from kdet.zoo.registry import ModelEntry, WeightsSource
-from tests.zoo.local_server import LocalServer, closed_port_url
+from tests.zoo.helpers import LocalServer, closed_port_url
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NAME = "tiny_fake_coco"
