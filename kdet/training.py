@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -331,7 +332,10 @@ def train(model="retinanet", data="synthetic", *, epochs: int = 10, batch_size: 
     steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch)
     with strategy.scope():
         opt = optimizer or make_optimizer(defaults, epochs * steps_per_epoch, batch_size, learning_rate)
-        detector.compile(optimizer=opt, evaluate_coco=False)
+        # Augmentation happens in the data pipeline, seeded, so a resumed run replays it;
+        # the unseeded in-step flip of Detector.compile would not be replayed.
+        extra = {"augment": None} if "augment" in inspect.signature(detector.compile).parameters else {}
+        detector.compile(optimizer=opt, evaluate_coco=False, **extra)
     backup_dir = out_dir / "backup"
     start_step = _restored_step(backup_dir, detector)
     augmenter = _augmenter(augment, net_size, seed)

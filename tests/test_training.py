@@ -100,18 +100,10 @@ MIRRORED = textwrap.dedent("""
     from helpers import TinyAnchorDetector
     from kdet.training import train
 
-    class ReplicaScaled(TinyAnchorDetector):
-        # Keras sums gradients over replicas, so a replica's loss must be divided by their
-        # number (what keras.losses.Loss does); the fix kdet.Detector.compute_loss needs.
-        def compute_loss(self, *args, **kwargs):
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            return super().compute_loss(*args, **kwargs) / replicas
-
     losses = {{}}
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    for name, cls, strategy in (("one", ReplicaScaled, None), ("two", ReplicaScaled, mirrored),
-                                ("two_plain", TinyAnchorDetector, mirrored)):
-        result = train(lambda: cls(3, 64, width=16), "synthetic:16", epochs=3, batch_size=8,
+    for name, strategy in (("one", None), ("two", mirrored)):
+        result = train(lambda: TinyAnchorDetector(3, 64, width=16), "synthetic:16", epochs=3, batch_size=8,
                        steps_per_epoch=2, out_dir=sys.argv[1] + "/" + name, augment=False, verbose=0, seed=1,
                        strategy=strategy)
         losses[name] = result.history["loss"]
@@ -135,16 +127,10 @@ def test_mirrored_strategy_matches_one_device(mirrored_losses):
     losses = mirrored_losses
     assert losses["one_replicas"] == 1 and losses["two_replicas"] == 2
     # Same data, same initial weights: the curves agree (batch-norm statistics are per replica,
-    # so they are close, not identical).
+    # so they are close, not identical). Keras sums the replicas' gradients, so this also checks
+    # that the detector's loss is divided by the number of replicas.
     np.testing.assert_allclose(losses["two"], losses["one"], rtol=0.05)
     assert losses["one"][-1] < losses["one"][0]
-
-
-@pytest.mark.xfail(strict=True, reason="kdet.Detector.compute_loss does not divide the loss by "
-                                       "num_replicas_in_sync: under MirroredStrategy the logged loss and "
-                                       "the gradients are num_replicas times too large")
-def test_detector_loss_is_scaled_for_replicas(mirrored_losses):
-    np.testing.assert_allclose(mirrored_losses["two_plain"], mirrored_losses["one"], rtol=0.05)
 
 
 def test_recipes_and_optimizer_schedule():
@@ -176,3 +162,26 @@ def test_train_rejects_bad_arguments(tmp_path):
         get_strategy("tpu-please")
     with pytest.raises(ValueError, match="data must be"):
         open_dataset("mnist:/x")
+
+
+def test_mixed_precision_flag_trains_without_nan_and_restores_policy(tmp_path):
+    import keras
+
+    from kdet.training import train
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from helpers import TinyAnchorDetector
+
+    result = train(lambda: TinyAnchorDetector(3, 64, width=8), "synthetic:4", epochs=1, batch_size=2,
+                   steps_per_epoch=1, mixed_precision=True, augment=False, out_dir=tmp_path, verbose=0)
+    assert result.model.dtype_policy.name == "mixed_float16"
+    assert np.isfinite(result.history["loss"][0])
+    assert keras.mixed_precision.global_policy().name == "float32"
+    out = result.model.predict(kdet_images(), verbose=0)
+    assert np.all(np.isfinite(out["boxes"]))
+
+
+def kdet_images():
+    import kdet
+
+    return kdet.data.synthetic_arrays(2, 64, split="test")[0]

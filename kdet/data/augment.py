@@ -194,10 +194,6 @@ class Augmenter:
         return images, boxes, labels
 
     def _apply_geometric(self, kind, layer, images, boxes, labels, max_boxes):
-        if kind == "keras_cv":
-            out = layer({"images": images, "bounding_boxes": {"boxes": boxes, "classes": labels}})
-            boxes, labels = _dense_from_keras_cv(out["bounding_boxes"], max_boxes)
-            return self._finish(out["images"], boxes, labels, max_boxes)
         if kind == "keras_crop":
             images, boxes = _random_crop(layer, images, boxes, self.image_size)
             return self._finish(images, boxes, labels, max_boxes)
