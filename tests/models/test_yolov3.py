@@ -54,6 +54,20 @@ def test_box_loss_is_zero_at_the_target_and_positive_elsewhere():
     assert float(tf.reduce_sum(yolo_box_loss(target, np.zeros_like(target)))) > 0
 
 
+def test_anchor_ignore_band_only_removes_no_object_loss():
+    images, targets = synthetic_arrays(2, 64, seed=0)
+    y = {k: tf.constant(v) for k, v in targets.items()}
+    losses = []
+    for threshold in (None, 0.0):  # 0.0: every anchor touching a box is exempt from no-object loss
+        keras.utils.set_random_seed(0)
+        model = YOLOV3(3, backbone="tiny", image_size=64, anchor_ignore_iou=threshold)
+        model.compile(evaluate_coco=False)
+        losses.append(model.compute_losses(images, y, model.raw_outputs(images)))
+    assert float(losses[1]["obj_loss"]) < float(losses[0]["obj_loss"])
+    for name in ("box_loss", "cls_loss"):
+        np.testing.assert_allclose(float(losses[1][name]), float(losses[0][name]), rtol=1e-6)
+
+
 def test_anchors_scale_with_image_size(tiny_yolo):
     assert scale_anchors([[(10, 13)]], (208, 832)) == [[(20.0, 6.5)]]
     assert tiny_yolo.anchors.shape == ((8 * 8 + 4 * 4 + 2 * 2) * 3, 4)
@@ -118,6 +132,7 @@ def test_full_size_builds_with_published_parameter_counts():
     (dict(backbone="resnet"), "Unknown YOLOv3 backbone 'resnet'"),
     (dict(anchors=[[(10, 10)]]), "anchors has 1 levels but the network predicts on 3"),
     (dict(ignore_threshold=1.5), "ignore_threshold"),
+    (dict(anchor_ignore_iou=-0.1), "anchor_ignore_iou"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -79,6 +79,9 @@ class SSD(SingleStageDetector):
         extras: (reduce, out, kernel, stride, pad) per extra block.
         preprocessing: an ``ImagePreprocessing``; default per backbone
             (VGG: 0..255 minus the ImageNet mean).
+        negative_threshold: default boxes below this IoU are background
+            (default ``positive_threshold``, the paper's single threshold);
+            lower values leave an ignore band that hard-negative mining skips.
         box_variances, positive_threshold, negative_ratio, pre_nms_top_k,
         nms_iou_threshold, score_threshold, max_detections: see
             ``SingleStageDetector``.
@@ -97,7 +100,8 @@ class SSD(SingleStageDetector):
                  clip_default_boxes: bool = True, extras=None, preprocessing=None,
                  box_variances=SSD_VARIANCES, positive_threshold: float = 0.5, negative_ratio: float = 3.0,
                  pre_nms_top_k: int | None = 1000, nms_iou_threshold: float = SSD_NMS_IOU,
-                 score_threshold: float = SSD_SCORE_THRESHOLD, max_detections: int = 100, **kwargs):
+                 score_threshold: float = SSD_SCORE_THRESHOLD, max_detections: int = 100,
+                 negative_threshold: float | None = None, **kwargs):
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
         if isinstance(preprocessing, dict):
@@ -112,7 +116,8 @@ class SSD(SingleStageDetector):
                                    box_variances=tuple(box_variances), positive_threshold=positive_threshold,
                                    negative_ratio=negative_ratio, pre_nms_top_k=pre_nms_top_k,
                                    nms_iou_threshold=nms_iou_threshold, score_threshold=score_threshold,
-                                   max_detections=max_detections)
+                                   max_detections=max_detections, negative_threshold=negative_threshold)
+        negative_threshold = positive_threshold if negative_threshold is None else negative_threshold
         backbone_model = _sources(backbone, size, preset)
         inputs = keras.Input((*size, 3), name="images")
         features = backbone_model(inputs)
@@ -143,7 +148,7 @@ class SSD(SingleStageDetector):
         super().__init__(num_classes, network, anchors, preprocessing, size, bounding_box_format=bounding_box_format,
                          class_names=class_names, feature_shapes=feature_shapes, classification="softmax",
                          box_variances=box_variances, positive_threshold=positive_threshold,
-                         negative_threshold=positive_threshold, allow_low_quality_matches=False,
+                         negative_threshold=negative_threshold, allow_low_quality_matches=False,
                          force_match_for_each_gt=True, negative_ratio=negative_ratio, pre_nms_top_k=pre_nms_top_k,
                          nms_iou_threshold=nms_iou_threshold, score_threshold=score_threshold,
                          max_detections=max_detections, **kwargs)

@@ -20,6 +20,7 @@ from kdet.heads.yolo import split_yolo_outputs, yolo_head, yolo_head_conv_names
 from kdet.layers.anchor_decoder import AnchorDecoder
 from kdet.layers.anchor_generator import AnchorGenerator
 from kdet.layers.image_preprocessing import ImagePreprocessing
+from kdet.losses.yolo import YOLOBoxLoss  # registered before a compiled model is loaded
 from kdet.models.single_stage import per_anchor
 from kdet.models.yolov3.presets import (ANCHOR_IMAGE_SIZE, BACKBONE_NAMES, PRESETS, YOLO_IGNORE_THRESHOLD,
                                         YOLO_NMS_IOU)
@@ -62,6 +63,12 @@ class YOLOV3(Detector):
             best anchor shape only); t also makes every anchor shape with
             width/height IoU >= t responsible (``YOLOAssigner``). "preset":
             None for the Darknet backbones, 0.25 for "tiny".
+        anchor_ignore_iou: None for the paper's ignore rule (only predictions
+            overlapping a box by more than ``ignore_threshold``); t also
+            exempts from the no-object loss every anchor whose box, centred
+            in its cell, overlaps a ground-truth box by more than t (as the
+            ignore band of RPN / RetinaNet matchers). "preset": None for the
+            Darknet backbones, 0.5 for "tiny".
         bn_momentum, neck_widths, lateral_widths, neck_convs, head_widths:
             override the preset of ``backbone`` (see ``presets.PRESETS``).
 
@@ -80,7 +87,8 @@ class YOLOV3(Detector):
                  ignore_threshold: float = YOLO_IGNORE_THRESHOLD, pre_nms_top_k: int | None = 1000,
                  nms_iou_threshold: float = YOLO_NMS_IOU, score_threshold: float = 0.01,
                  max_detections: int = 100, bn_momentum: float | None = None, neck_widths=None,
-                 lateral_widths=None, neck_convs=None, head_widths=None, extra_positive_iou="preset", **kwargs):
+                 lateral_widths=None, neck_convs=None, head_widths=None, extra_positive_iou="preset",
+                 anchor_ignore_iou="preset", **kwargs):
         size = check_image_size(image_size, multiple_of=32)
         if isinstance(backbone, dict):  # a serialised custom backbone (get_config)
             backbone = keras.saving.deserialize_keras_object(backbone)
@@ -95,9 +103,10 @@ class YOLOV3(Detector):
         overrides = dict(bn_momentum=bn_momentum, neck_widths=neck_widths, lateral_widths=lateral_widths,
                          neck_convs=neck_convs, head_widths=head_widths, anchors=anchors)
         preset.update({k: v for k, v in overrides.items() if v is not None})
-        if extra_positive_iou != "preset":
-            preset["extra_positive_iou"] = extra_positive_iou
-        overrides["extra_positive_iou"] = extra_positive_iou
+        for key, value in (("extra_positive_iou", extra_positive_iou), ("anchor_ignore_iou", anchor_ignore_iou)):
+            if value != "preset":
+                preset[key] = value
+            overrides[key] = value
         self._arguments = dict(backbone=backbone, anchor_image_size=anchor_image_size,
                                ignore_threshold=ignore_threshold, pre_nms_top_k=pre_nms_top_k,
                                nms_iou_threshold=nms_iou_threshold, score_threshold=score_threshold,
@@ -122,6 +131,9 @@ class YOLOV3(Detector):
         self.anchors = self.anchor_generator.generate(*size, feature_shapes=feature_shapes)
         np.testing.assert_allclose(self.anchors, self.assigner.anchors, atol=1e-3)
         self.anchor_strides = self.assigner.anchor_strides
+        self._cell_anchors = (self.anchors + self.anchor_strides[:, None] / 2).astype(np.float32)  # cell-centred
+        ignore_iou = preset.get("anchor_ignore_iou")
+        self.anchor_ignore_iou = None if ignore_iou is None else check_probability("anchor_ignore_iou", ignore_iou)
         self.decoder = AnchorDecoder(encoding="yolo", name="anchor_decoder")
         self.nms = CombinedNMS(max_output_size_per_class=max_detections, max_total_size=max_detections,
                                iou_threshold=nms_iou_threshold, score_threshold=score_threshold, name="combined_nms")
@@ -196,7 +208,15 @@ class YOLOV3(Detector):
         # No-object candidates whose prediction already overlaps some box well are ignored.
         overlaps = iou(tf.stop_gradient(decoded), y["boxes"])
         overlaps = tf.where((y["labels"] >= 0)[:, None, :], overlaps, 0.0)
-        ignore = tf.cast(tf.reduce_max(overlaps, axis=-1) > self.ignore_threshold, tf.float32) * (1.0 - positive)
+        ignored = tf.reduce_max(overlaps, axis=-1) > self.ignore_threshold
+        if self.anchor_ignore_iou is not None:
+            # Cells next to the responsible one whose (cell-centred) anchor box already covers a
+            # box are not pushed to no-object either: the one-cell target is a hard spatial
+            # boundary that a small training set otherwise memorises.
+            anchor_overlaps = iou(tf.constant(self._cell_anchors)[None], y["boxes"])
+            anchor_overlaps = tf.where((y["labels"] >= 0)[:, None, :], anchor_overlaps, 0.0)
+            ignored |= tf.reduce_max(anchor_overlaps, axis=-1) > self.anchor_ignore_iou
+        ignore = tf.cast(ignored, tf.float32) * (1.0 - positive)
         obj_values = per_anchor(self.objectness_loss, positive[..., None], raw["obj"])
         obj_loss = tf.reduce_sum(obj_values * (1.0 - ignore)) / batch
         # Box-loss scale 2 - w * h (w, h relative to the image) favours small boxes.
@@ -224,8 +244,6 @@ class YOLOV3(Detector):
         return self._objectness_loss
 
     def default_box_loss(self):
-        from kdet.losses.yolo import YOLOBoxLoss
-
         return YOLOBoxLoss()
 
     def default_classification_loss(self):

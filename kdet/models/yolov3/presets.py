@@ -23,6 +23,10 @@ YOLO_IGNORE_THRESHOLD = 0.5
 # positive per box (the paper's rule) memorises them; every anchor shape with
 # width/height IoU >= 0.25 (YOLOv4-style, Bochkovskiy et al. 2020) generalises.
 TINY_EXTRA_POSITIVE_IOU = 0.25
+# ... and no no-object loss on anchors whose cell-centred box overlaps a box by more than
+# 0.5 (the 0.5 of YOLO_IGNORE_THRESHOLD, applied to anchors as RetinaNet's ignore band):
+# held-out AP50 ~0.45-0.50 -> 0.61 on the synthetic generalisation bar.
+TINY_ANCHOR_IGNORE_IOU = 0.5
 
 
 def stride_anchors(strides=(8, 16, 32), size_per_stride: float = 2.0, aspect_ratios=(0.5, 1.0, 2.0),
@@ -58,6 +62,6 @@ PRESETS = {
     # inference statistics settle within a few hundred steps.
     "tiny": dict(levels=(5, 4, 3), neck_widths=(64, 48, 32), lateral_widths=(32, 32), neck_convs=(3, 3, 3),
                  head_widths=(128, 96, 64), anchors=TINY_ANCHORS, bn_momentum=0.9,
-                 extra_positive_iou=TINY_EXTRA_POSITIVE_IOU),
+                 extra_positive_iou=TINY_EXTRA_POSITIVE_IOU, anchor_ignore_iou=TINY_ANCHOR_IGNORE_IOU),
 }
 BACKBONE_NAMES = tuple(PRESETS)
