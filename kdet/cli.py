@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from kdet.errors import WeightsUnavailableError
 
 EXIT_OK, EXIT_ERROR = 0, 2
-DATA_HELP = ("dataset: coco:PATH (COCO json + images), voc:PATH (Pascal VOC folder), "
+DATA_HELP = ("dataset: coco:PATH (COCO json + images), voc:PATH (Pascal VOC folder), yolo:PATH (YOLO txt folder), "
              "tfds:NAME (TensorFlow Datasets), or synthetic[:N] (kdet's synthetic shapes)")
 
 
@@ -184,9 +184,12 @@ def _dataset(spec: str, split: str, model, batch_size: int):
         return kdet.data.synthetic(split, num_images=count, image_size=tuple(size),
                                    num_classes=min(model.num_classes, len(SHAPES)),
                                    batch_size=batch_size)
-    if kind not in ("coco", "voc", "tfds") or not arg:
-        raise CLIError(f"--data must be coco:PATH, voc:PATH, tfds:NAME or synthetic[:N]; received {spec!r}")
-    reader = getattr(kdet.data, kind, None)
+    readers = {"coco": "coco", "voc": "voc", "yolo": "yolo_txt", "tfds": "tfds"}
+    if kind not in readers or not arg:
+        raise CLIError(
+            f"--data must be coco:PATH, voc:PATH, yolo:PATH, tfds:NAME or synthetic[:N]; received {spec!r}"
+        )
+    reader = getattr(kdet.data, readers[kind], None)
     if reader is None:
         raise CLIError(f"--data {kind}: kdet.data.{kind} is not available in this kdet version yet")
     if kind != "tfds" and not pathlib.Path(arg).exists():
