@@ -12,10 +12,14 @@ from tests.helpers import coco_ap50
 
 
 def overfit(build, epochs: int):
-    """Trains ``build()`` on 8 synthetic images with compile() defaults; returns (model, x, y, AP50)."""
+    """Trains ``build()`` on 8 synthetic images with compile() defaults; returns (model, x, y, AP50).
+
+    A memorisation test, so the default flip augmentation is off (the
+    generalisation tests keep it).
+    """
     x, y = synthetic_arrays(8, 128, seed=0)
     model = build()
-    model.compile()
+    model.compile(augment=None)
     model.fit(x, y, batch_size=8, epochs=epochs, verbose=0)
     pred = model.predict(x, verbose=0)
     return model, x, y, coco_ap50(y, pred)
