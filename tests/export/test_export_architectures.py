@@ -61,3 +61,26 @@ def test_tiny_architecture_exports(arch, tmp_path):
     got = run_litert(path, x)
     assert {"boxes", "scores", "labels", "num_detections"} <= set(got)
     assert _matched_fraction(expected, got) >= 0.9
+
+
+def test_pretrained_mtcnn_exports_with_landmarks(tmp_path, shared_dir):
+    from PIL import Image
+
+    model = kdet.load("mtcnn")
+    size = (192, 192)  # MTCNN is fully convolutional: the export fixes the input size
+    image = Image.open(shared_dir / "data" / "images" / "ivan.jpg").convert("RGB").resize(size[::-1])
+    x = np.asarray(image, np.float32)[None]
+    expected = model.predict(x, verbose=0)
+    assert int(expected["num_detections"][0]) >= 1
+
+    sm_dir = model.export(tmp_path / "sm", format="tf_saved_model", image_size=size)
+    served = tf.saved_model.load(str(sm_dir)).signatures["serving_default"](images=tf.constant(x))
+    path = kdet.export.litert(model, tmp_path / "mtcnn.tflite", saved_model_dir=sm_dir, image_size=size)
+    assert not any(op.startswith("CUSTOM") for op in litert_operators(path))
+    got = run_litert(path, x)
+    n = int(expected["num_detections"][0])
+    for out in ({k: v.numpy() for k, v in served.items()}, got):
+        assert int(out["num_detections"][0]) == n
+        np.testing.assert_allclose(out["boxes"][0, :n], expected["boxes"][0, :n], atol=0.5)
+        np.testing.assert_allclose(out["scores"][0, :n], expected["scores"][0, :n], atol=1e-3)
+        np.testing.assert_allclose(out["landmarks"][0, :n], expected["landmarks"][0, :n], atol=0.5)

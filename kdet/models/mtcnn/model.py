@@ -115,7 +115,9 @@ class MTCNN(Detector):
         self.pnet = pnet if pnet is not None else build_pnet(self.width)
         self.rnet = rnet if rnet is not None else build_rnet(self.width)
         self.onet = onet if onet is not None else build_onet(self.width)
-        self._compiled = {}
+        # Per-size compiled functions: kept out of Keras/TF tracking so the model
+        # still exports (a dict with tuple keys cannot be checkpointed).
+        object.__setattr__(self, "_compiled", {})
         self.built = True  # the three networks are built functional models
         self._detect_fn = self._run_compiled
         if weights is not None:
