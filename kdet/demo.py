@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
               for box, score, marks in zip(faces["boxes"], faces["scores"], faces["landmarks"])]
     print(f"MTCNN on {source} ({image.shape[1]}x{image.shape[0]}): {len(report)} face(s)")
     print(json.dumps(report, indent=2))
-    print(f"first call (includes XLA compilation): {first:.2f} s; compiled call: {again * 1000:.1f} ms")
+    print(f"first call (includes graph tracing or XLA compilation): {first:.2f} s; compiled call: {again * 1000:.1f} ms")
     out = pathlib.Path(args.out)
     draw_faces(image, faces, out)
     print(f"annotated image written to {out.resolve()}")
