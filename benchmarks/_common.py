@@ -78,3 +78,16 @@ def write_fragment(path, text: str) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def publish(text: str, out, quick: bool, fragment: str, start: float) -> int:
+    """Prints a benchmark's markdown, writes it to ``out`` (default ``docs/benchmarks/<fragment>``
+    in full mode, nowhere in quick mode) and prints the total time; returns exit code 0."""
+    import time
+
+    print("\n" + text)
+    out = out or (None if quick else pathlib.Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / fragment)
+    if out:
+        print(f"wrote {write_fragment(out, text)}")
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 0

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _common import REPO, median_ms, machine_summary, markdown_table, write_fragment  # noqa: E402
+from _common import median_ms, machine_summary, markdown_table, publish  # noqa: E402
 from inference import ARCHS, build_arch, input_hw  # noqa: E402
 
 
@@ -89,12 +89,7 @@ def main(argv=None) -> int:
             f"only, decoding + NMS inside), batch 1 float32 input, median of {repeats} runs of one "
             f"`ai_edge_litert` signature runner. {machine_summary()}.\n\n"
             + markdown_table(("architecture", "weights", "input", "size (KiB)", "latency (ms)"), rows))
-    print("\n" + text)
-    out = args.out or (None if args.quick else REPO / "docs" / "benchmarks" / "export.md")
-    if out:
-        print(f"wrote {write_fragment(out, text)}")
-    print(f"total {time.perf_counter() - start:.0f} s")
-    return 0
+    return publish(text, args.out, args.quick, "export.md", start)
 
 
 if __name__ == "__main__":

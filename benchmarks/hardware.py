@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _common import REPO, median_ms, machine_summary, markdown_table, write_fragment  # noqa: E402
+from _common import median_ms, machine_summary, markdown_table, publish  # noqa: E402
 from inference import ARCHS, build_arch, gflops, input_hw  # noqa: E402
 
 TARGET_SHARE = 30.0  # issue 9: every architecture at >= 30% of peak matmul at batch 8
@@ -95,12 +95,7 @@ def main(argv=None) -> int:
             f"peak. {machine_summary()}.\n\n"
             + markdown_table(("architecture", "input", f"GFLOP / batch of {batch}", "ms / batch", "GFLOP/s",
                               "% of peak"), rows))
-    print("\n" + text)
-    out = args.out or (None if args.quick else REPO / "docs" / "benchmarks" / "hardware.md")
-    if out:
-        print(f"wrote {write_fragment(out, text)}")
-    print(f"total {time.perf_counter() - start:.0f} s")
-    return 0
+    return publish(text, args.out, args.quick, "hardware.md", start)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _common import REPO, interleaved_median_ms, machine_summary, markdown_table, write_fragment  # noqa: E402
+from _common import interleaved_median_ms, machine_summary, markdown_table, publish  # noqa: E402
 
 NUM_CLASSES = 80  # COCO, the configuration both libraries document
 # keras.applications / torchvision ResNet-50: bottleneck blocks per stage.
@@ -227,12 +227,7 @@ def main(argv=None) -> int:
                  "GFLOPs per image from `tf.compat.v1.profiler` float_operation on the traced inference "
                  "graph (2 FLOPs per multiply-add).\n\n"
                  + markdown_table(("architecture", "input", "parameters", "GFLOPs/img", "img/s"), arch))
-    print("\n" + text)
-    out = args.out or (None if args.quick else REPO / "docs" / "benchmarks" / "inference.md")
-    if out:
-        print(f"wrote {write_fragment(out, text)}")
-    print(f"total {time.perf_counter() - start:.0f} s")
-    return 0
+    return publish(text, args.out, args.quick, "inference.md", start)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from _common import REPO, interleaved_median_ms, machine_summary, markdown_table, write_fragment  # noqa: E402
+from _common import interleaved_median_ms, machine_summary, markdown_table, publish  # noqa: E402
 from kdet.ops import combined_nms  # noqa: E402
 
 # The target: B=8, N=5000 boxes, C=80 classes, these NMS settings.
@@ -189,12 +189,7 @@ def main(argv=None) -> int:
             + markdown_table(HEADERS, target_rows))
     if grid_rows:
         text += "\nOther sizes (trained-like scores):\n\n" + markdown_table(HEADERS, grid_rows)
-    print("\n" + text)
-    out = args.out or (None if args.quick else REPO / "docs" / "benchmarks" / "nms.md")
-    if out:
-        print(f"wrote {write_fragment(out, text)}")
-    print(f"total {time.perf_counter() - start:.0f} s")
-    return 0
+    return publish(text, args.out, args.quick, "nms.md", start)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _common import REPO, interleaved_median_ms, machine_summary, markdown_table, write_fragment  # noqa: E402
+from _common import interleaved_median_ms, machine_summary, markdown_table, publish  # noqa: E402
 from inference import RESNET50, SMALL_RESNET, _models, keras_cv_retinanet  # noqa: E402
 
 NUM_CLASSES = 3  # the synthetic dataset's shape classes
@@ -156,12 +156,7 @@ def main(argv=None) -> int:
             f"`compile()` defaults, keras-cv with Adam(1e-3, global_clipnorm=10) + focal + smooth L1. "
             f"Random-initialised backbones.\n\n"
             + markdown_table(("model", "parameters", "steps", "train s", "AP", "AP50", "AP75"), rows))
-    print("\n" + text)
-    out = args.out or (None if args.quick else REPO / "docs" / "benchmarks" / "training.md")
-    if out:
-        print(f"wrote {write_fragment(out, text)}")
-    print(f"total {time.perf_counter() - start:.0f} s")
-    return 0
+    return publish(text, args.out, args.quick, "training.md", start)
 
 
 if __name__ == "__main__":
