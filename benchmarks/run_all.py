@@ -39,6 +39,7 @@ SCRIPTS = (
     ("train_synthetic.py", "learning.md", "Learning of every tiny configuration on synthetic data"),
     ("mtcnn.py", "mtcnn.md", "MTCNN vs the mtcnn package vs OpenCV Haar"),
     ("export.py", "export.md", "LiteRT size and latency"),
+    ("export_accuracy.py", "export_accuracy.md", "LiteRT export accuracy (COCO mAP of quantized models)"),
 )
 # Arguments for --quick where a script has no --quick flag of its own.
 QUICK_ARGS = {"train_synthetic.py": ["--epochs", "1", "--train-images", "8", "--test-images", "4"]}

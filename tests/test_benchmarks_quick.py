@@ -42,6 +42,12 @@ def test_export_quick():
     assert "| architecture | weights | input | size (KiB) | latency (ms) |" in out
 
 
+def test_export_accuracy_quick():
+    out = run_quick("export_accuracy.py")
+    assert "| model | size (KiB) | AP | AP50 | AP change | AP50 change |" in out
+    assert out.count("| LiteRT ") == 4
+
+
 def test_function_gflops_matches_conv_arithmetic():
     """Oracle: a bias-free 3x3 Conv2D costs 2 * H * W * Cout * 3 * 3 * Cin FLOPs."""
     import keras
