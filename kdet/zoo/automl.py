@@ -55,6 +55,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from kdet.zoo.coco_classes import COCO_CATEGORY_IDS
+from kdet.zoo.converters import weighted_layers_by_name
 
 # automl's COCO heads: one output per category id 1..90 (hparams_config.py, num_classes=90).
 AUTOML_COCO_OUTPUTS = 90
@@ -232,19 +233,6 @@ def select_anchor_channels(arrays: list[np.ndarray], per_anchor: int, keep: Sequ
     return [depthwise, pointwise[..., index], bias[index]]
 
 
-def _weighted_layers(model) -> dict:
-    found, stack = {}, list(model.layers)
-    while stack:
-        layer = stack.pop()
-        if hasattr(layer, "layers") and layer.weights:
-            stack.extend(layer.layers)
-        elif layer.weights:
-            if layer.name in found:
-                raise ValueError(f"Two weighted layers are named {layer.name!r}; the name map needs unique names.")
-            found[layer.name] = layer
-    return found
-
-
 def _backbone_scope(model) -> str:
     names = [m.name for m in model.network.layers if hasattr(m, "layers") and m.name.startswith("efficientnet_b")]
     if len(names) != 1:
@@ -256,7 +244,7 @@ def _backbone_scope(model) -> str:
 
 def automl_key_map(model) -> dict:
     """kdet layer name -> automl variable names for a kdet ``EfficientDet``."""
-    layers = list(_weighted_layers(model))
+    layers = list(weighted_layers_by_name(model))
     cfg = model.get_config()
     num_levels = cfg["max_level"] - cfg["min_level"] + 1
     return {**backbone_key_map(layers, _backbone_scope(model)), **bifpn_key_map(layers, num_levels),
@@ -287,7 +275,7 @@ def convert_automl_efficientdet(model, path: str | os.PathLike, entry=None):
     """
     del entry
     ckpt = AutomlCheckpoint(path)
-    layers = _weighted_layers(model)
+    layers = weighted_layers_by_name(model)
     key_map = automl_key_map(model)
     unmapped = sorted(set(layers) - set(key_map))
     unknown = sorted(set(key_map) - set(layers))

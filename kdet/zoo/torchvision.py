@@ -31,6 +31,7 @@ from typing import Mapping
 import numpy as np
 
 from kdet.zoo.coco_classes import COCO_CATEGORY_IDS
+from kdet.zoo.converters import weighted_layers_by_name
 
 # torchvision's COCO heads: background + category ids 1..90.
 TORCHVISION_COCO_OUTPUTS = 91
@@ -106,21 +107,6 @@ def fpn_key_map(levels, prefix: str = "backbone.fpn.", extra: tuple = ()) -> dic
     return mapping
 
 
-def _layers_by_name(model) -> dict:
-    """Every weighted layer of ``model`` (recursing into nested models), by name."""
-    found = {}
-    stack = list(model.layers)
-    while stack:
-        layer = stack.pop()
-        if hasattr(layer, "layers") and layer.weights:
-            stack.extend(layer.layers)
-        elif layer.weights:
-            if layer.name in found:
-                raise ValueError(f"Two weighted layers are named {layer.name!r}; the key map needs unique names.")
-            found[layer.name] = layer
-    return found
-
-
 def _weights_of(kind: str, state, key: str) -> list[np.ndarray]:
     if kind == "conv":
         return conv_weights(state, key)
@@ -162,7 +148,7 @@ def apply_key_map(model, state: Mapping[str, np.ndarray], key_map: dict, transfo
             weighted layer is left unassigned, or a shape disagrees.
     """
     transforms = transforms or {}
-    layers = _layers_by_name(model)
+    layers = weighted_layers_by_name(model)
     missing_layers = sorted(set(key_map) - set(layers))
     unmapped_layers = sorted(set(layers) - set(key_map))
     needed = {k for kind, key in key_map.values() for k in _consumed_keys(kind, key) if "num_batches" not in k}
