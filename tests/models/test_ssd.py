@@ -7,23 +7,21 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from kdet.data.synthetic import synthetic_arrays
 from kdet.models.ssd import SSD, default_box_shapes
 from kdet.necks.ssd_extra import L2Normalization
-from tests.helpers import coco_ap50
+from tests.models import pyramid_checks as checks
+
+
+def tiny():
+    return SSD(3, backbone="tiny", image_size=128)
 
 
 @pytest.fixture(scope="module")
 def trained_ssd():
     """One tiny SSD fitted to 8 images, shared by the learning, XLA and save/load tests."""
-    keras.utils.set_random_seed(0)
-    images, targets = synthetic_arrays(8, 128, seed=0)
-    model = SSD(3, backbone="tiny", image_size=128)
-    model.compile(evaluate_coco=False, augment=None)  # memorise: no flips
-    history = model.fit(images, targets, batch_size=8, epochs=60, verbose=0)
-    return model, images, targets, history
+    return checks.fit_eight_images(tiny, epochs=60, evaluate_coco=False)
 
 
 def test_ssd300_vgg16_builds_like_the_paper():
@@ -71,39 +69,23 @@ def test_l2_normalization_matches_numpy():
 
 
 def test_tiny_ssd_overfits_eight_images(trained_ssd):
-    model, images, targets, history = trained_ssd
-    assert history.history["loss"][-1] < 0.3 * history.history["loss"][0]
-    ap50 = coco_ap50(targets, model.predict(images, verbose=0))
-    assert ap50 >= 0.9, ap50
+    checks.check_memorised(*trained_ssd)
 
 
 def test_predict_xla_any_batch_and_save_load(trained_ssd, tmp_path):
     tiny_ssd = trained_ssd[0]
     images = np.random.default_rng(0).integers(0, 255, (3, 128, 128, 3)).astype(np.uint8)
     images[:2] = trained_ssd[1][:2]  # training images: real detections
-    eager = tiny_ssd.predict(images, verbose=0)
-    xla = tf.function(lambda x: tiny_ssd(x, training=False), jit_compile=True)
-    for batch in (1, 3):
-        out = xla(tf.constant(images[:batch]))
-        np.testing.assert_allclose(out["scores"].numpy(), eager["scores"][:batch], atol=1e-5)
-    path = tmp_path / "ssd.keras"
-    tiny_ssd.save(path)
-    restored = keras.models.load_model(path)
-    assert isinstance(restored, SSD)
-    assert eager["num_detections"][:2].min() > 0
-    np.testing.assert_allclose(restored.predict(images, verbose=0)["boxes"], eager["boxes"], atol=1e-4)
+    checks.check_xla_and_reload(tiny_ssd, images, tmp_path)
 
 
 def test_mixed_precision_train_and_predict():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with checks.mixed_float16():
         images, targets = synthetic_arrays(2, 64, seed=3)
         model = SSD(3, backbone="tiny", image_size=64)
         model.compile(evaluate_coco=False)
         assert np.isfinite(model.fit(images, targets, epochs=1, verbose=0).history["loss"][0])
         assert np.all(np.isfinite(model.predict(images, verbose=0)["boxes"]))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -120,13 +102,7 @@ def test_bad_arguments(kwargs, message):
 @pytest.mark.slow
 def test_tiny_ssd_generalises_to_held_out_images():
     """The issue's bar: defaults, 200 images, 30 epochs, batch 8 -> held-out AP50 >= 0.5."""
-    keras.utils.set_random_seed(0)
-    images, targets = synthetic_arrays(200, 128, seed=0)
-    test_images, test_targets = synthetic_arrays(64, 128, seed=0, split="validation")
-    model = SSD(3, backbone="tiny", image_size=128)
-    model.compile()
-    model.fit(images, targets, batch_size=8, epochs=30, verbose=0)
-    ap50 = coco_ap50(test_targets, model.predict(test_images, verbose=0))
+    ap50 = checks.held_out_ap50(tiny, train_images=200, test_images=64, epochs=30)
     assert ap50 >= 0.5, ap50
 
 
