@@ -7,7 +7,7 @@ Example:
 
 from __future__ import annotations
 
-from kdet.export.litert import assert_builtin_only, litert, litert_operators, run_litert
+from kdet.export.litert import assert_builtin_only, litert, litert_operator_types, litert_operators, run_litert
 from kdet.export.saved_model import saved_model
 
 FORMATS = ("tf_saved_model", "litert")
@@ -25,4 +25,5 @@ def export(model, filepath, format: str = "tf_saved_model", **kwargs):
     raise ValueError(f"format must be one of {FORMATS}; received {format!r}.")
 
 
-__all__ = ["export", "saved_model", "litert", "run_litert", "litert_operators", "assert_builtin_only"]
+__all__ = ["export", "saved_model", "litert", "run_litert", "litert_operators", "litert_operator_types",
+           "assert_builtin_only"]

@@ -8,6 +8,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from kdet.export.quantize import network_scopes, quantize_int8, representative_batches
 from kdet.export.saved_model import saved_model, serving_shape
 
 QUANTIZATIONS = (None, "float16", "dynamic_int8", "int8")
@@ -19,15 +20,23 @@ def litert(model, filepath, quantization: str | None = None, representative_data
 
     The signature ``serving_default`` takes float32 raw pixels (1..B, H, W, 3)
     and returns outputs named ``boxes``, ``scores``, ``labels``,
-    ``num_detections`` (the API.md dict); NMS runs as the builtin
-    NON_MAX_SUPPRESSION_V4/V5 ops.
+    ``num_detections`` (the API.md dict); decoding and NMS run as builtin
+    operators (kdet's NMS is top-k, gathers and a bounded while loop).
+
+    With ``quantization="int8"`` the networks (the operators of the
+    detector's Keras sub-models: backbone, neck, heads) run with int8 weights
+    and activations, while the pre-processing and the post-processing (box
+    decoding, sigmoid/softmax, top-k, NMS) stay float32: quantizing those
+    destroys the detections (see :mod:`kdet.export.quantize`).
 
     Args:
         model: a kdet detector.
         filepath: the ``.tflite`` path to write.
         quantization: None (float32), "float16", "dynamic_int8" (weights) or
             "int8" (weights and activations, calibrated on ``representative_data``).
-        representative_data: iterable of (1, H, W, 3) float32 image batches, for "int8".
+        representative_data: calibration images for "int8": a (N, H, W, 3)
+            array or an iterable of (H, W, 3) images / (B, H, W, 3) batches,
+            raw pixels. A handful (8 to 32) is enough.
         image_size: (height, width) of the exported input; default the model's.
         saved_model_dir: convert this existing kdet SavedModel export instead
             of exporting ``model`` again.
@@ -35,15 +44,22 @@ def litert(model, filepath, quantization: str | None = None, representative_data
     Returns:
         The path written. Raises ``ValueError`` if the converter needed ops
         outside the builtin set.
+
+    Example:
+        >>> x, _ = kdet.data.synthetic_arrays(8, 128)  # doctest: +SKIP
+        >>> litert(model, "m_int8.tflite", quantization="int8", representative_data=x)  # doctest: +SKIP
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}; received {quantization!r}.")
     if quantization == "int8" and representative_data is None:
         raise ValueError("quantization='int8' needs representative_data: an iterable of image batches.")
-    if serving_shape(model, image_size)[1] is None:
+    shape = serving_shape(model, image_size)
+    if shape[1] is None:
         raise ValueError(
             f"{type(model).__name__} has no fixed image_size; pass image_size=(height, width) for LiteRT."
         )
+    if quantization == "int8":
+        batches = representative_batches(representative_data, shape[1:3])
     with tempfile.TemporaryDirectory() as tmp:
         if saved_model_dir is None:
             saved_model(model, tmp, image_size=image_size)
@@ -51,14 +67,14 @@ def litert(model, filepath, quantization: str | None = None, representative_data
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir),
                                                              signature_keys=["serving_default"])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantization is not None:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantization == "float16":
-            converter.target_spec.supported_types = [tf.float16]
         if quantization == "int8":
-            data = list(representative_data)
-            converter.representative_dataset = lambda: ([np.asarray(x, np.float32)] for x in data)
-        content = converter.convert()
+            content = quantize_int8(converter, batches, network_scopes(model))
+        else:
+            if quantization is not None:
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            if quantization == "float16":
+                converter.target_spec.supported_types = [tf.float16]
+            content = converter.convert()
     path = pathlib.Path(filepath)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
@@ -82,6 +98,27 @@ def litert_operators(path) -> list[str]:
         else:
             ops.append(names.get(builtin, str(builtin)))
     return ops
+
+
+def litert_operator_types(path) -> list[tuple[str, tuple[str, ...]]]:
+    """(operator, output tensor types) of every operator of every subgraph of a ``.tflite`` file.
+
+    Shows what a quantized export computes in int8, e.g. ``("CONV_2D", ("INT8",))``
+    vs ``("EXP", ("FLOAT32",))``.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(pathlib.Path(path).read_bytes(), 0)
+    ops = litert_operators(path)
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    rows = []
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            outputs = [op.Outputs(j) for j in range(op.OutputsLength()) if op.Outputs(j) >= 0]
+            rows.append((ops[op.OpcodeIndex()], tuple(types[graph.Tensors(t).Type()] for t in outputs)))
+    return rows
 
 
 def assert_builtin_only(path) -> None:
