@@ -114,6 +114,18 @@ def check_xla_and_reload(model, images, tmp_path) -> dict:
     return eager
 
 
+def check_one_finite_epoch(build, image_size: int, seed: int = 0):
+    """``build()`` compiled without COCO evaluation trains one epoch on 2 synthetic images to a finite loss.
+
+    Returns (model, images) for further checks.
+    """
+    x, y = synthetic_arrays(2, image_size, seed=seed)
+    model = build()
+    model.compile(evaluate_coco=False)
+    assert np.isfinite(model.fit(x, y, epochs=1, verbose=0).history["loss"][0])
+    return model, x
+
+
 def check_empty_ground_truth(model, x):
     """A batch without any object gives a finite loss (normalised by max(#positives, 1))."""
     y = {"boxes": np.zeros((2, 3, 4), np.float32), "labels": np.full((2, 3), -1, np.int32)}
