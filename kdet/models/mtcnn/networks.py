@@ -65,6 +65,13 @@ def build_pnet(width: float = 1.0, name: str = "pnet") -> keras.Model:
     return keras.Model(inputs, [box, prob], name=name)
 
 
+# Conv stages of RNet and ONet: (filters, kernel, max-pooling after the conv as
+# (size, stride, padding) or None), as in the mtcnn package; "same" pooling
+# stands for Caffe's ceil-mode pooling of the original.
+RNET_CONVS = ((28, 3, (3, 2, "same")), (48, 3, (3, 2, "valid")), (64, 2, None))
+ONET_CONVS = ((32, 3, (3, 2, "same")), (64, 3, (3, 2, "valid")), (64, 3, (2, 2, "same")), (128, 2, None))
+
+
 def _dense_head(x, units: int, index: int, width: float):
     # Permute (H, W) -> (W, H): the original Caffe flatten is channel-major on
     # a transposed image; the mtcnn package's weights expect this order.
@@ -72,6 +79,27 @@ def _dense_head(x, units: int, index: int, width: float):
     x = layers.Flatten(name=f"flatten{index - 1}")(x)
     x = layers.Dense(max(1, int(round(units * width))), name=f"fc{index}")(x)
     return layers.PReLU(name=f"prelu{index}")(x)
+
+
+def _crop_network(size: int, convs, dense_units: int, output_units, width: float, name: str) -> keras.Model:
+    """RNet / ONet: conv stages, a dense layer, then one Dense per output (Softmax on the last, ``prob``).
+
+    Layer names follow the mtcnn package (``conv{i}``, ``prelu{i}``,
+    ``maxpooling{i}``, ``fc{n}``, ``fc{n+1}-{k}``): the packaged weights and
+    ``convert.py`` address layers by these names.
+    """
+    inputs = keras.Input((size, size, 3), name="crop")
+    x = inputs
+    for index, (filters, kernel, pooling) in enumerate(convs, start=1):
+        x = _conv_prelu(x, filters, kernel, index, width)
+        if pooling is not None:
+            pool_size, stride, padding = pooling
+            x = layers.MaxPooling2D(pool_size, stride, padding=padding, name=f"maxpooling{index}")(x)
+    fc = len(convs) + 1
+    x = _dense_head(x, dense_units, fc, width)
+    outputs = [layers.Dense(units, name=f"fc{fc + 1}-{k}")(x) for k, units in enumerate(output_units, start=1)]
+    outputs[-1] = layers.Softmax(name="prob")(outputs[-1])
+    return keras.Model(inputs, outputs, name=name)
 
 
 def build_rnet(width: float = 1.0, name: str = "rnet") -> keras.Model:
@@ -88,17 +116,7 @@ def build_rnet(width: float = 1.0, name: str = "rnet") -> keras.Model:
     Example:
         >>> rnet = build_rnet()   # doctest: +SKIP
     """
-    inputs = keras.Input((RNET_SIZE, RNET_SIZE, 3), name="crop")
-    x = _conv_prelu(inputs, 28, 3, 1, width)
-    x = layers.MaxPooling2D(3, 2, padding="same", name="maxpooling1")(x)
-    x = _conv_prelu(x, 48, 3, 2, width)
-    x = layers.MaxPooling2D(3, 2, padding="valid", name="maxpooling2")(x)
-    x = _conv_prelu(x, 64, 2, 3, width)
-    x = _dense_head(x, 128, 4, width)
-    box = layers.Dense(4, name="fc5-1")(x)
-    logits = layers.Dense(2, name="fc5-2")(x)
-    prob = layers.Softmax(name="prob")(logits)
-    return keras.Model(inputs, [box, prob], name=name)
+    return _crop_network(RNET_SIZE, RNET_CONVS, 128, (4, 2), width, name)
 
 
 def build_onet(width: float = 1.0, name: str = "onet") -> keras.Model:
@@ -116,20 +134,7 @@ def build_onet(width: float = 1.0, name: str = "onet") -> keras.Model:
     Example:
         >>> onet = build_onet()   # doctest: +SKIP
     """
-    inputs = keras.Input((ONET_SIZE, ONET_SIZE, 3), name="crop")
-    x = _conv_prelu(inputs, 32, 3, 1, width)
-    x = layers.MaxPooling2D(3, 2, padding="same", name="maxpooling1")(x)
-    x = _conv_prelu(x, 64, 3, 2, width)
-    x = layers.MaxPooling2D(3, 2, padding="valid", name="maxpooling2")(x)
-    x = _conv_prelu(x, 64, 3, 3, width)
-    x = layers.MaxPooling2D(2, 2, padding="same", name="maxpooling3")(x)
-    x = _conv_prelu(x, 128, 2, 4, width)
-    x = _dense_head(x, 256, 5, width)
-    box = layers.Dense(4, name="fc6-1")(x)
-    landmarks = layers.Dense(10, name="fc6-2")(x)
-    logits = layers.Dense(2, name="fc6-3")(x)
-    prob = layers.Softmax(name="prob")(logits)
-    return keras.Model(inputs, [box, landmarks, prob], name=name)
+    return _crop_network(ONET_SIZE, ONET_CONVS, 256, (4, 10, 2), width, name)
 
 
 def logits_model(net: keras.Model) -> keras.Model:
