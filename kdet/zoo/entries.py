@@ -37,46 +37,37 @@ register(ModelEntry(
     model_card="zoo/mtcnn.md",
 ))
 
-register(ModelEntry(
-    name="yolov3_darknet53_coco",
-    builder="kdet.models.yolov3:YOLOV3",
-    builder_kwargs={"num_classes": 80, "backbone": "darknet53", "image_size": 416},
-    description="YOLOv3 with Darknet-53, official Darknet COCO weights",
-    input_size=(416, 416),
-    class_names=COCO,
-    weights=WeightsSource(
-        url="https://pjreddie.com/media/files/yolov3.weights",
-        size=248007048,
-        sha256=None,  # not published upstream: recorded after the first download
-        converter="kdet.zoo.darknet:load_darknet_weights",
-        options={"cfg": "assets/darknet/yolov3.cfg"},
-    ),
-    license=_DARKNET_LICENSE,
-    metrics={"coco_box_AP": 31.0, "coco_box_AP50": 55.3},
-    metrics_source=_YOLOV3_PAPER,
-    model_card="zoo/yolov3_darknet53_coco.md",
-))
-
-register(ModelEntry(
-    name="yolov3_tiny_coco",
-    builder="kdet.models.yolov3:YOLOV3",
+# Official Darknet YOLOv3 weights (pjreddie.com), converted from ``<stem>.weights`` with the
+# matching ``kdet/assets/darknet/<stem>.cfg``; sizes in bytes of the upstream files.
+_DARKNET_URL = "https://pjreddie.com/media/files/{}.weights"
+_DARKNET_MODELS = (  # name, backbone, description, file stem, size, metrics, metrics source
+    ("yolov3_darknet53_coco", "darknet53", "YOLOv3 with Darknet-53", "yolov3", 248007048,
+     {"coco_box_AP": 31.0, "coco_box_AP50": 55.3}, _YOLOV3_PAPER),
     # yolov3-tiny: 7-conv backbone, 2 output scales, 6 anchors (see yolov3-tiny.cfg).
-    builder_kwargs={"num_classes": 80, "backbone": "darknet_tiny", "image_size": 416},
-    description="YOLOv3-tiny, official Darknet COCO weights",
-    input_size=(416, 416),
-    class_names=COCO,
-    weights=WeightsSource(
-        url="https://pjreddie.com/media/files/yolov3-tiny.weights",
-        size=35434956,
-        sha256=None,
-        converter="kdet.zoo.darknet:load_darknet_weights",
-        options={"cfg": "assets/darknet/yolov3-tiny.cfg"},
-    ),
-    license=_DARKNET_LICENSE,
-    metrics={"coco_box_AP50": 33.1},
-    metrics_source=_DARKNET_SITE,
-    model_card="zoo/yolov3_tiny_coco.md",
-))
+    ("yolov3_tiny_coco", "darknet_tiny", "YOLOv3-tiny", "yolov3-tiny", 35434956,
+     {"coco_box_AP50": 33.1}, _DARKNET_SITE),
+)
+
+for _name, _backbone, _text, _stem, _bytes, _metrics, _source in _DARKNET_MODELS:
+    register(ModelEntry(
+        name=_name,
+        builder="kdet.models.yolov3:YOLOV3",
+        builder_kwargs={"num_classes": 80, "backbone": _backbone, "image_size": 416},
+        description=f"{_text}, official Darknet COCO weights",
+        input_size=(416, 416),
+        class_names=COCO,
+        weights=WeightsSource(
+            url=_DARKNET_URL.format(_stem),
+            size=_bytes,
+            sha256=None,  # not published upstream: recorded after the first download
+            converter="kdet.zoo.darknet:load_darknet_weights",
+            options={"cfg": f"assets/darknet/{_stem}.cfg"},
+        ),
+        license=_DARKNET_LICENSE,
+        metrics=_metrics,
+        metrics_source=_source,
+        model_card=f"zoo/{_name}.md",
+    ))
 
 # google/automl EfficientDet D0-D7 (Apache-2.0), "coco2" checkpoints. Reported numbers: automl
 # efficientdet/README.md, "Pretrained EfficientDet Checkpoints" table (COCO test-dev2017 AP, AP50;
