@@ -8,8 +8,14 @@ import keras
 
 
 def ssd_head(features: Sequence, num_anchors: Sequence[int], num_outputs: int, separable: bool = False,
-             name: str = "ssd_cls"):
+             name: str = "ssd_cls", depth: int = 0, width: int = 64):
     """Per level a 3x3 conv to ``num_anchors[l] * num_outputs`` channels, flattened per anchor.
+
+    The paper's head is that single conv (``depth=0``): VGG's sources are
+    already deep. ``depth`` > 0 puts that many 3x3 conv + ReLU layers of
+    ``width`` channels (per level, not shared) before it, for shallow
+    backbones whose sources are a few layers from the pixels (kdet's tiny
+    preset).
 
     Channels are laid out (anchor, output) as in Caffe's and torchvision's SSD,
     so flattening (row, column, anchor) matches ``AnchorGenerator`` and
@@ -20,7 +26,10 @@ def ssd_head(features: Sequence, num_anchors: Sequence[int], num_outputs: int, s
         num_anchors: default boxes per location of each level (4 or 6).
         num_outputs: classes + 1 (background first) or 4.
         separable: SSDLite: a depthwise-separable 3x3 conv.
-        name: prefix; level l's conv is ``{name}_l{l}``.
+        name: prefix; level l's conv is ``{name}_l{l}``, its hidden layers
+            ``{name}_l{l}_hidden{d}``.
+        depth: hidden 3x3 conv + ReLU layers before the predicting conv.
+        width: channels of the hidden layers.
 
     Returns:
         (B, sum_l h_l * w_l * num_anchors[l], num_outputs).
@@ -32,9 +41,13 @@ def ssd_head(features: Sequence, num_anchors: Sequence[int], num_outputs: int, s
     """
     if len(features) != len(num_anchors):
         raise ValueError(f"ssd_head got {len(features)} feature maps but {len(num_anchors)} anchor counts.")
+    if depth < 0 or width < 1:
+        raise ValueError(f"ssd_head needs depth >= 0 and width >= 1; received depth={depth}, width={width}.")
     conv_cls = keras.layers.SeparableConv2D if separable else keras.layers.Conv2D
     outputs = []
     for level, (x, anchors) in enumerate(zip(features, num_anchors)):
+        for d in range(depth):
+            x = conv_cls(width, 3, padding="same", activation="relu", name=f"{name}_l{level}_hidden{d}")(x)
         x = conv_cls(anchors * num_outputs, 3, padding="same", name=f"{name}_l{level}")(x)
         outputs.append(keras.layers.Reshape((-1, num_outputs), name=f"{name}_flat_l{level}")(x))
     return keras.layers.Concatenate(axis=1, name=f"{name}_concat")(outputs)

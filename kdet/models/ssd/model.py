@@ -76,6 +76,9 @@ class SSD(SingleStageDetector):
             ``(i + 0.5) * step``); default the paper's at 300/512, else
             round(image / feature size).
         clip_default_boxes: bound default-box sizes by the image.
+        head_depth: hidden 3x3 conv + ReLU layers per head level before the
+            predicting conv (default: 0, the paper's head; 2 for "tiny").
+        head_width: channels of those hidden layers.
         extras: (reduce, out, kernel, stride, pad) per extra block.
         preprocessing: an ``ImagePreprocessing``; default per backbone
             (VGG: 0..255 minus the ImageNet mean).
@@ -101,7 +104,8 @@ class SSD(SingleStageDetector):
                  box_variances=SSD_VARIANCES, positive_threshold: float = 0.5, negative_ratio: float = 3.0,
                  pre_nms_top_k: int | None = 1000, nms_iou_threshold: float = SSD_NMS_IOU,
                  score_threshold: float = SSD_SCORE_THRESHOLD, max_detections: int = 100,
-                 negative_threshold: float | None = None, **kwargs):
+                 negative_threshold: float | None = None, head_depth: int | None = None, head_width: int = 64,
+                 **kwargs):
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
         if isinstance(preprocessing, dict):
@@ -116,7 +120,8 @@ class SSD(SingleStageDetector):
                                    box_variances=tuple(box_variances), positive_threshold=positive_threshold,
                                    negative_ratio=negative_ratio, pre_nms_top_k=pre_nms_top_k,
                                    nms_iou_threshold=nms_iou_threshold, score_threshold=score_threshold,
-                                   max_detections=max_detections, negative_threshold=negative_threshold)
+                                   max_detections=max_detections, negative_threshold=negative_threshold,
+                                   head_depth=head_depth, head_width=head_width)
         negative_threshold = positive_threshold if negative_threshold is None else negative_threshold
         backbone_model = _sources(backbone, size, preset)
         inputs = keras.Input((*size, 3), name="images")
@@ -138,8 +143,10 @@ class SSD(SingleStageDetector):
                                     max_scale or default_range[1], anchor_scales, clip_default_boxes)
         steps = steps or preset.get("steps") or [_step(size, shape) for shape in feature_shapes]
         counts = [len(level) for level in shapes]
-        cls = ssd_head(sources, counts, num_classes + 1, separable=preset["separable"], name="ssd_cls")
-        box = ssd_head(sources, counts, 4, separable=preset["separable"], name="ssd_box")
+        head = dict(separable=preset["separable"], width=head_width,
+                    depth=preset.get("head_depth", 0) if head_depth is None else head_depth)
+        cls = ssd_head(sources, counts, num_classes + 1, name="ssd_cls", **head)
+        box = ssd_head(sources, counts, 4, name="ssd_box", **head)
         network = keras.Model(inputs, {"box": box, "cls": cls}, name="network")
         anchors = AnchorGenerator(strides=steps, anchor_shapes=shapes, offset=0.5, name="anchor_generator")
         if preprocessing is None:
