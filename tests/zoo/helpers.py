@@ -1,6 +1,7 @@
-"""A real HTTP server on 127.0.0.1 for download tests (no network involved).
+"""Helpers of the zoo tests (a helper module, no tests): a local HTTP server,
+a torch-free ``torch.save`` zip writer and the fixtures' synthetic weights.
 
-Usage::
+Local server: a real HTTP server on 127.0.0.1 for download tests (no network involved)::
 
     with LocalServer({"/ckpt.bin": data}) as server:
         kdet.zoo.fetch(server.url("/ckpt.bin"), ...)
@@ -9,6 +10,14 @@ Usage::
 Routes map a path to bytes, or to a ``Route`` for special behaviour: a slow
 body (to overlap concurrent clients), a truncated body (the connection closes
 before ``Content-Length`` bytes are sent), a status code, or a redirect.
+
+``write_state_dict_zip`` writes a ``{name: np.ndarray}`` state dict in
+torch.save's zip layout without torch, so CI (no torch) serves realistic
+``.pth`` files; ``tests/zoo/test_pth.py`` checks with torch, when installed,
+that ``torch.load`` reads these files back exactly.
+
+``synth_weight`` is the shared fixtures' rule for deterministic weights
+(``../shared/fixtures/{automl,torchvision}/README.md``).
 """
 
 from __future__ import annotations
@@ -16,8 +25,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import http.server
+import struct
 import threading
 import time
+import zipfile
+import zlib
+
+import numpy as np
 
 
 @dataclasses.dataclass
@@ -99,3 +113,89 @@ def closed_port_url(path: str = "/model.bin") -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}{path}"
+
+
+# --- torch.save zip writer ---------------------------------------------------
+
+# NumPy dtype -> torch storage class name.
+STORAGES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float64): "DoubleStorage",
+            np.dtype(np.float16): "HalfStorage", np.dtype(np.int64): "LongStorage",
+            np.dtype(np.int32): "IntStorage", np.dtype(np.uint8): "ByteStorage", np.dtype(np.bool_): "BoolStorage"}
+
+
+def _global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _int(value: int) -> bytes:
+    return b"J" + struct.pack("<i", value)
+
+
+def _ints(values) -> bytes:
+    return b"(" + b"".join(_int(int(v)) for v in values) + b"t"
+
+
+def tensor_opcodes(key: str, storage: str, numel: int, offset: int, size, stride) -> bytes:
+    """Pickle opcodes of ``_rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())``."""
+    persistent = b"(" + _text("storage") + _global("torch", storage) + _text(key) + _text("cpu") + _int(numel)
+    hooks = _global("collections", "OrderedDict") + b")R"
+    return (_global("torch._utils", "_rebuild_tensor_v2") + b"(" + persistent + b"tQ" + _int(offset)
+            + _ints(size) + _ints(stride) + b"\x89" + hooks + b"tR")
+
+
+def write_state_dict_zip(state: dict, path, archive_name: str = "archive") -> None:
+    """One storage per (C-contiguous) array, keys in order, as torch.save writes a state_dict."""
+    body = b"\x80\x02" + _global("collections", "OrderedDict") + b")R"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for index, (name, value) in enumerate(state.items()):
+            array = np.ascontiguousarray(value)
+            strides = [s // array.itemsize for s in array.strides]
+            body += _text(name) + tensor_opcodes(str(index), STORAGES[array.dtype], array.size, 0, array.shape,
+                                                 strides) + b"s"
+            archive.writestr(f"{archive_name}/data/{index}", array.tobytes())
+        archive.writestr(f"{archive_name}/data.pkl", body + b".")
+        archive.writestr(f"{archive_name}/byteorder", "little")
+        archive.writestr(f"{archive_name}/version", "3\n")
+
+
+# --- the fixtures' synthetic weights -------------------------------------------
+
+# How each fixture README names batch-norm statistics and offsets, and which kernel axes are the
+# fan-in: TF layouts (HWIO, HWCM, IO) put the outputs last, PyTorch's (out, in, kh, kw) first.
+_WEIGHT_NAMING = {
+    "tf": {"variance": "moving_variance", "mean": "moving_mean", "offsets": ("bias", "beta"),
+           "fan_in": slice(None, -1)},
+    "torch": {"variance": "running_var", "mean": "running_mean", "offsets": ("bias",), "fan_in": slice(1, None)},
+}
+
+
+def synth_weight(name: str, shape: tuple, layout: str) -> np.ndarray:
+    """The fixtures' deterministic weight for variable ``name``: it depends only on the name and shape.
+
+    Args:
+        name: automl variable name (``layout="tf"``) or torchvision ``state_dict`` key (``"torch"``).
+        shape: the variable's shape in that library's layout.
+        layout: ``"tf"`` or ``"torch"``.
+
+    Returns:
+        float32 array: BN variances U(0.5, 1.5), BN means 0.1 N(0, 1), bias/beta vectors 0.05 N(0, 1),
+        other vectors and scalars (scales, BiFPN fusion weights) 1 + 0.1 N(0, 1), kernels
+        N(0, 1) / sqrt(fan_in), drawn from a generator seeded with crc32(name).
+    """
+    naming = _WEIGHT_NAMING[layout]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    if name.endswith(naming["variance"]):
+        return rng.uniform(0.5, 1.5, shape).astype("float32")
+    if name.endswith(naming["mean"]):
+        return (0.1 * rng.standard_normal(shape)).astype("float32")
+    if len(shape) <= 1:
+        if name.endswith(naming["offsets"]):
+            return (0.05 * rng.standard_normal(shape)).astype("float32")
+        return (1.0 + 0.1 * rng.standard_normal(shape)).astype("float32")
+    fan_in = int(np.prod(shape[naming["fan_in"]]))
+    return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype("float32")

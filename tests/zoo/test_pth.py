@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from kdet.zoo.pth import UnsafeCheckpointError, load_pth, load_state_dict
-from tests.zoo.torch_zip import _global, _text
-from tests.zoo.torch_zip import tensor_opcodes as _tensor_pickle
+from tests.zoo.helpers import _global, _text, tensor_opcodes as _tensor_pickle
 
 
 def _hand_built_checkpoint(path):
@@ -128,7 +127,7 @@ def test_reads_nested_training_checkpoint(tmp_path):
 
 
 def test_torch_free_writer_round_trips(tmp_path):
-    from tests.zoo.torch_zip import write_state_dict_zip
+    from tests.zoo.helpers import write_state_dict_zip
 
     state = {"a.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "a.n": np.array(3, np.int64),
              "mask": np.array([True, False]), "h": np.ones(3, np.float16)}

@@ -1,36 +1,21 @@
 """torchvision -> kdet converters: head-level parity with the torchvision fixtures (NumPy only, no torch)."""
 
 import json
-import zlib
 
 import numpy as np
 import pytest
 
 from kdet.zoo.coco_classes import COCO_CATEGORY_IDS
 from kdet.zoo.torchvision import class_channels, select_anchor_channels
+from tests.zoo.helpers import synth_weight
 
 TOLERANCE = 1e-3  # issue 10: relative error of head outputs
-
-
-def synth_weight(key: str, shape: tuple) -> np.ndarray:
-    """The fixture README's rule: each tensor depends only on its key and shape."""
-    rng = np.random.default_rng(zlib.crc32(key.encode()))
-    if key.endswith("running_var"):
-        return rng.uniform(0.5, 1.5, shape).astype("float32")
-    if key.endswith("running_mean"):
-        return (0.1 * rng.standard_normal(shape)).astype("float32")
-    if len(shape) <= 1:
-        if key.endswith("bias"):
-            return (0.05 * rng.standard_normal(shape)).astype("float32")
-        return (1.0 + 0.1 * rng.standard_normal(shape)).astype("float32")
-    fan_in = int(np.prod(shape[1:]))
-    return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype("float32")
 
 
 def fixture(shared_dir, name):
     folder = shared_dir / "fixtures" / "torchvision" / name
     spec = json.loads((folder / "spec.json").read_text())
-    state = {key: synth_weight(key, tuple(shape)) for key, shape in spec["state_dict_keys"]}
+    state = {key: synth_weight(key, tuple(shape), "torch") for key, shape in spec["state_dict_keys"]}
     return spec, state, np.load(folder / "reference.npz")
 
 
@@ -208,7 +193,7 @@ def test_faster_rcnn_end_to_end_detections(faster_rcnn_outputs):
 
 def test_ssd300_loads_from_a_pth_file_without_torch(ssd300_91, tmp_path):
     from kdet.zoo.torchvision import load_ssd300_pth
-    from tests.zoo.torch_zip import write_state_dict_zip
+    from tests.zoo.helpers import write_state_dict_zip
 
     model, ref = ssd300_91
     _, state, _ = shared_fixture("ssd300_vgg16")

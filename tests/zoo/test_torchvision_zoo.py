@@ -29,10 +29,9 @@ import kdet
 from kdet.zoo import converted, registry
 from kdet.zoo.coco_classes import COCO_CATEGORY_IDS
 from kdet.zoo.torchvision import class_channels
-from tests.zoo.helpers import LocalServer
+from tests.zoo.helpers import LocalServer, write_state_dict_zip
 from tests.zoo.test_torchvision import (TOLERANCE, _samples_inside_map, matched_fraction, relative_error,
                                        shared_fixture)
-from tests.zoo.torch_zip import write_state_dict_zip
 
 COCO_IDS = np.asarray(COCO_CATEGORY_IDS)
 
