@@ -1,15 +1,114 @@
-"""Small helpers shared by the benchmark scripts: timing, markdown, machine info."""
+"""Helpers shared by the benchmark scripts: arguments, the architecture list, timing, markdown, results."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import pathlib
 import platform
 import statistics
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+FRAGMENTS = REPO / "docs" / "benchmarks"
+NUM_CLASSES = 80  # COCO, the configuration every builder documents
+
+
+def _models():
+    import kdet.models
+
+    return kdet.models
+
+
+# name -> (builder of the default configuration, builder of the tiny one). Default sizes from each builder.
+ARCHS = {
+    "RetinaNet (R50-FPN)": (lambda: _models().RetinaNet(NUM_CLASSES), lambda: _models().RetinaNet(3, backbone="tiny")),
+    "EfficientDet (D0)": (lambda: _models().EfficientDet(NUM_CLASSES),
+                          lambda: _models().EfficientDet(3, backbone="tiny")),
+    "SSD (VGG16, 300)": (lambda: _models().SSD(NUM_CLASSES), lambda: _models().SSD(3, backbone="tiny")),
+    "YOLOv3 (Darknet-53)": (lambda: _models().YOLOV3(NUM_CLASSES), lambda: _models().YOLOV3(3, backbone="tiny",
+                                                                                              image_size=128)),
+    "Faster R-CNN (R50-FPN)": (lambda: _models().FasterRCNN(NUM_CLASSES),
+                             lambda: _models().FasterRCNN(3, backbone="tiny")),
+}
+
+
+def bench_parser(doc: str, fragment: str, quick_help: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark script takes: ``--quick``, ``--repeats`` and ``--out``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default: the script's own)")
+    parser.add_argument("--out", help=f"markdown fragment (default docs/benchmarks/{fragment}; none for --quick)")
+    return parser
+
+
+def build_arch(name: str, tiny: bool):
+    """The kdet detector ``name`` (default or tiny configuration), or the reason it is unavailable."""
+    try:
+        return ARCHS[name][1 if tiny else 0](), None
+    except Exception as err:  # an architecture not landed yet is reported, not fatal
+        return None, f"not available in this build ({type(err).__name__}: {str(err)[:80]})"
+
+
+def input_hw(model) -> tuple:
+    """(height, width) of a detector's fixed input."""
+    size = model.image_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def function_gflops(fn, spec) -> float:
+    """GFLOPs of one call of ``fn`` on a tensor of ``spec``, counted by tf.compat.v1.profiler on its graph."""
+    import tensorflow as tf
+
+    graph = tf.function(fn).get_concrete_function(spec).graph
+    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    prof = tf.compat.v1.profiler.profile(graph, options=opts)
+    return prof.total_float_ops / 1e9
+
+
+def gflops(model, batch: int = 1) -> float:
+    """Forward-pass GFLOPs of ``model`` (inference, decoding included) from tf.compat.v1.profiler."""
+    import tensorflow as tf
+
+    h, w = input_hw(model)
+    return function_gflops(lambda x: model(x, training=False), tf.TensorSpec((batch, h, w, 3), tf.float32))
+
+
+def architecture_runs(tiny: bool, batch: int, repeats: int, names=None, timed: bool = True) -> Iterator[dict]:
+    """Each kdet architecture in turn, XLA-compiled inference at ``batch`` on random pixels.
+
+    Yields ``{"name", "input", "params", "gflops_per_image", "ms", "images_per_s"}`` (the last two only if
+    ``timed``), or ``{"name", "skipped": reason}``; every model is built with seed 0 and freed before the next.
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    for name in names or ARCHS:
+        keras.utils.set_random_seed(0)
+        model, why = build_arch(name, tiny)
+        label = f"{name} tiny" if tiny else name
+        if model is None:
+            print(f"{label}: {why}", flush=True)
+            yield {"name": label, "skipped": why}
+            continue
+        h, w = input_hw(model)
+        run = {"name": label, "input": f"{h}x{w}", "params": model.count_params(),
+               "gflops_per_image": gflops(model, 1)}
+        if timed:
+            fn = tf.function(lambda x, m=model: m(x, training=False), jit_compile=True)
+            x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, h, w, 3)), tf.float32)
+            run["ms"] = median_ms(lambda: fn(x), repeats=repeats, warmup=1)
+            run["images_per_s"] = 1e3 * batch / run["ms"]
+            del fn
+        print(f"{label}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                      for k, v in run.items() if k != "name"), flush=True)
+        yield run
+        del model
+        keras.backend.clear_session()
 
 
 def block(result):
@@ -80,14 +179,30 @@ def write_fragment(path, text: str) -> pathlib.Path:
     return path
 
 
-def publish(text: str, out, quick: bool, fragment: str, start: float) -> int:
-    """Prints a benchmark's markdown, writes it to ``out`` (default ``docs/benchmarks/<fragment>``
-    in full mode, nowhere in quick mode) and prints the total time; returns exit code 0."""
-    import time
+def target(name: str, measured: str, met) -> dict:
+    """One row of the page's "targets at a glance" table (``met``: True, False or a short word)."""
+    return {"target": name, "measured": measured, "met": met}
 
+
+def results_path(fragment) -> pathlib.Path:
+    """The machine-readable results written next to a fragment: ``<fragment>.json``."""
+    return pathlib.Path(fragment).with_suffix(".json")
+
+
+def publish(text: str, out, quick: bool, fragment: str, start: float, results: dict | None = None) -> int:
+    """Prints a benchmark's markdown, writes it to ``out`` (default ``docs/benchmarks/<fragment>``
+    in full mode, nowhere in quick mode) and prints the total time; returns exit code 0.
+
+    ``results`` (numbers and ``targets`` rows, see ``target``) go to ``<out>.json`` beside the fragment,
+    with the script's wall time and the load average, for ``run_all.py``'s summary.
+    """
+    seconds = time.perf_counter() - start
     print("\n" + text)
-    out = out or (None if quick else pathlib.Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / fragment)
+    out = out or (None if quick else FRAGMENTS / fragment)
     if out:
         print(f"wrote {write_fragment(out, text)}")
-    print(f"total {time.perf_counter() - start:.0f} s")
+        if results is not None:
+            results = {**results, "quick": quick, "seconds": seconds, "load_average": list(os.getloadavg())}
+            results_path(out).write_text(json.dumps(results, indent=1, default=float) + "\n")
+    print(f"total {seconds:.0f} s")
     return 0

@@ -14,7 +14,6 @@ sizes.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import sys
@@ -26,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _common import median_ms, machine_summary, markdown_table, publish  # noqa: E402
-from inference import ARCHS, build_arch, input_hw  # noqa: E402
+from _common import (ARCHS, bench_parser, build_arch, input_hw, machine_summary, markdown_table,  # noqa: E402
+                     median_ms, publish)
 
 
 def litert_runner(path):
@@ -70,10 +69,7 @@ def export_row(name: str, quantization, folder: pathlib.Path, repeats: int):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="RetinaNet tiny, float32 only")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--out", help="markdown fragment (default docs/benchmarks/export.md; none for --quick)")
+    parser = bench_parser(__doc__, "export.md", "RetinaNet tiny, float32 only")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     repeats = args.repeats or (3 if args.quick else 10)
@@ -89,7 +85,8 @@ def main(argv=None) -> int:
             f"only, decoding + NMS inside), batch 1 float32 input, median of {repeats} runs of one "
             f"`ai_edge_litert` signature runner. {machine_summary()}.\n\n"
             + markdown_table(("architecture", "weights", "input", "size (KiB)", "latency (ms)"), rows))
-    return publish(text, args.out, args.quick, "export.md", start)
+    keys = ("architecture", "weights", "input", "size_kib", "latency_ms")
+    return publish(text, args.out, args.quick, "export.md", start, {"rows": [dict(zip(keys, r)) for r in rows]})
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ statistic (NMS loops, gathers), so figures are the network's arithmetic.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -36,72 +35,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _common import interleaved_median_ms, machine_summary, markdown_table, publish  # noqa: E402
+from _common import (ARCHS, NUM_CLASSES, _models, architecture_runs, bench_parser,  # noqa: E402
+                     interleaved_median_ms, machine_summary, markdown_table, publish, target)
 
-NUM_CLASSES = 80  # COCO, the configuration both libraries document
+TARGET_RATIO = 1.25  # issue 9: kdet RetinaNet inference >= 1.25x keras-cv on CPU with XLA
 # keras.applications / torchvision ResNet-50: bottleneck blocks per stage.
 RESNET50 = dict(stackwise_filters=[64, 128, 256, 512], stackwise_blocks=[3, 4, 6, 3],
                 stackwise_strides=[1, 2, 2, 2], block_type="block")  # keras-cv calls bottlenecks "block"
 # A small ResNet V1 for the quick mode and the learning run (one narrow bottleneck per stage).
 SMALL_RESNET = dict(stackwise_filters=[16, 32, 64, 128], stackwise_blocks=[1, 1, 1, 1],
                     stackwise_strides=[1, 2, 2, 2], block_type="block")
-
-
-def _models():
-    import kdet.models
-
-    return kdet.models
-
-
-def _mtcnn():
-    from kdet.models.mtcnn import MTCNN
-
-    return MTCNN()
-
-
-# name -> (builder of the default configuration, builder of the tiny one). Default sizes from each builder.
-ARCHS = {
-    "RetinaNet (R50-FPN)": (lambda: _models().RetinaNet(NUM_CLASSES), lambda: _models().RetinaNet(3, backbone="tiny")),
-    "EfficientDet (D0)": (lambda: _models().EfficientDet(NUM_CLASSES),
-                          lambda: _models().EfficientDet(3, backbone="tiny")),
-    "SSD (VGG16, 300)": (lambda: _models().SSD(NUM_CLASSES), lambda: _models().SSD(3, backbone="tiny")),
-    "YOLOv3 (Darknet-53)": (lambda: _models().YOLOV3(NUM_CLASSES), lambda: _models().YOLOV3(3, backbone="tiny",
-                                                                                              image_size=128)),
-    "Faster R-CNN (R50-FPN)": (lambda: _models().FasterRCNN(NUM_CLASSES),
-                             lambda: _models().FasterRCNN(3, backbone="tiny")),
-}
-
-
-def build_arch(name: str, tiny: bool):
-    """The kdet detector ``name`` (default or tiny configuration), or the reason it is unavailable."""
-    try:
-        return ARCHS[name][1 if tiny else 0](), None
-    except Exception as err:  # an architecture not landed yet is reported, not fatal
-        return None, f"not available in this build ({type(err).__name__}: {str(err)[:80]})"
-
-
-def input_hw(model) -> tuple:
-    size = model.image_size
-    return (size, size) if isinstance(size, int) else tuple(size)
-
-
-def gflops(model, batch: int = 1) -> float:
-    """Forward-pass GFLOPs of ``model`` (inference, decoding included) from tf.compat.v1.profiler."""
-    import tensorflow as tf
-
-    h, w = input_hw(model)
-    return function_gflops(lambda x: model(x, training=False), tf.TensorSpec((batch, h, w, 3), tf.float32))
-
-
-def function_gflops(fn, spec) -> float:
-    """GFLOPs of one call of ``fn`` on a tensor of ``spec``, counted by tf.compat.v1.profiler on its graph."""
-    import tensorflow as tf
-
-    graph = tf.function(fn).get_concrete_function(spec).graph
-    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    opts["output"] = "none"
-    prof = tf.compat.v1.profiler.profile(graph, options=opts)
-    return prof.total_float_ops / 1e9
 
 
 def keras_cv_retinanet(image_size: int, num_classes: int, config: dict):
@@ -170,40 +113,20 @@ def pair_rows(image_size: int, batches, repeats: int, quick: bool):
 
 def arch_rows(tiny: bool, batch: int, repeats: int, timed: bool = True, names=None):
     """Per architecture: input size, parameters, GFLOPs/image, XLA images/s at ``batch`` (if ``timed``)."""
-    import keras
-    import tensorflow as tf
-
     rows = []
-    for name in names or ARCHS:
-        keras.utils.set_random_seed(0)
-        model, why = build_arch(name, tiny)
-        if model is None:
-            rows.append((name, "-", "-", "-", why))
-            print(f"{name}: {why}", flush=True)
-            continue
-        h, w = input_hw(model)
-        flops = gflops(model, 1)
-        label = f"{name} tiny" if tiny else name
-        if not timed:
-            rows.append((label, f"{h}x{w}", f"{model.count_params():,}", flops, "not timed (--quick)"))
-            continue
-        fn = tf.function(lambda x, m=model: m(x, training=False), jit_compile=True)
-        x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, h, w, 3)), tf.float32)
-        ms = interleaved_median_ms({name: lambda: fn(x)}, repeats=repeats, warmup=1)[name]
-        rows.append((label, f"{h}x{w}", f"{model.count_params():,}", flops, 1e3 * batch / ms))
-        print(f"{name}: {h}x{w} {model.count_params():,} params {flops:.2f} GFLOPs "
-              f"{rows[-1][-1]:.2f} img/s", flush=True)
-        del model, fn
-        keras.backend.clear_session()
+    for run in architecture_runs(tiny, batch, repeats, names=names, timed=timed):
+        if "skipped" in run:
+            rows.append((run["name"], "-", "-", "-", run["skipped"]))
+        else:
+            rows.append((run["name"], run["input"], f"{run['params']:,}", run["gflops_per_image"],
+                         run.get("images_per_s", "not timed (--quick)")))
     return rows
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny models, runs in seconds")
-    parser.add_argument("--out", help="markdown fragment (default docs/benchmarks/inference.md; none for --quick)")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--skip-archs", action="store_true", help="only the kdet vs keras-cv pair")
+    parser = bench_parser(__doc__, "inference.md", "tiny models, runs in seconds")
+    parser.add_argument("--skip-archs", action="store_true",
+                        help="only the kdet vs keras-cv pair (run_all.py: hardware.py times every architecture)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     size, batches = (128, (1,)) if args.quick else (512, (1, 8))
@@ -218,7 +141,11 @@ def main(argv=None) -> int:
             f"{machine_summary()}.\n\n"
             + markdown_table(("batch", "mode", "kdet img/s", "keras-cv img/s", "kdet / keras-cv"), rows))
     text += "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
-    if not args.skip_archs:
+    if args.skip_archs:
+        text += ("\nEvery kdet architecture alone (parameters, GFLOPs, img/s at default size, XLA): see the hardware "
+                 "section, which times each at batch 8 (`benchmarks/hardware.py`; `run_all.py` skips the batch-1 "
+                 "table here so each architecture is XLA-compiled once per run).\n")
+    else:
         # --quick keeps CI short: two tiny architectures, FLOPs and parameters only.
         names = list(ARCHS)[:2] if args.quick else None
         arch = arch_rows(args.quick, 1, repeats, timed=not args.quick, names=names)
@@ -227,7 +154,16 @@ def main(argv=None) -> int:
                  "GFLOPs per image from `tf.compat.v1.profiler` float_operation on the traced inference "
                  "graph (2 FLOPs per multiply-add).\n\n"
                  + markdown_table(("architecture", "input", "parameters", "GFLOPs/img", "img/s"), arch))
-    return publish(text, args.out, args.quick, "inference.md", start)
+    return publish(text, args.out, args.quick, "inference.md", start, results(rows, size))
+
+
+def results(rows, size: int) -> dict:
+    """The pair's ratios and the issue's target row (XLA ratio >= TARGET_RATIO at every batch)."""
+    xla = {batch: ratio for batch, mode, _, _, ratio in rows if mode == "XLA"}
+    measured = ", ".join(f"{ratio:.2f}x at batch {batch}" for batch, ratio in xla.items())
+    return {"ratios": [dict(zip(("batch", "mode", "kdet_ips", "keras_cv_ips", "ratio"), r)) for r in rows],
+            "targets": [target(f"kdet RetinaNet inference >= {TARGET_RATIO}x keras-cv, CPU, XLA "
+                               f"(R50-FPN, {size} px)", measured, all(r >= TARGET_RATIO for r in xla.values()))]}
 
 
 if __name__ == "__main__":

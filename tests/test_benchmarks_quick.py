@@ -1,6 +1,7 @@
 """The benchmark scripts keep working: each runs in --quick mode (CI does not assert speed)."""
 
 import datetime
+import json
 import pathlib
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_function_gflops_matches_conv_arithmetic():
     """Oracle: a bias-free 3x3 Conv2D costs 2 * H * W * Cout * 3 * 3 * Cin FLOPs."""
     import keras
     import tensorflow as tf
-    from inference import function_gflops
+    from _common import function_gflops
 
     conv = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)
     flops = function_gflops(conv, tf.TensorSpec((1, 16, 16, 4), tf.float32)) * 1e9
@@ -74,10 +75,33 @@ def test_keras_cv_detections_convert_to_kdet_dict():
 def test_run_all_assembles_page(tmp_path):
     from run_all import assemble
 
+    from _common import target
+
     (tmp_path / "nms.md").write_text("### NMS table\n\n| a |\n|---|\n| 1 |\n")
+    (tmp_path / "nms.json").write_text(json.dumps({"load_average": [1.0, 2.0, 3.0], "targets": [
+        target("NMS no slower than TF", "0.50x", True), target("other", "1.5x", "partly (1 of 3)")]}))
+    # A failed script's JSON (left by an older run) must not reach the page.
+    (tmp_path / "training.json").write_text(json.dumps({"targets": [target("stale", "9x", True)]}))
     results = [("nms.py", "nms.md", "NMS section", 0, 1.5, ""),
                ("training.py", "training.md", "Training section", 1, 2.0, "Traceback: boom")]
     page = assemble(results, tmp_path, quick=True, when=datetime.datetime(2026, 1, 2, 3, 4))
     assert "2026-01-02 03:04 UTC" in page and "## Machine" in page and "- cores:" in page
     assert "- tensorflow: " in page and "### NMS table" in page
     assert "failed (exit 1)" in page and "Traceback: boom" in page
+    glance = page.split("## Targets at a glance")[1].split("## Machine")[0]
+    assert "| NMS no slower than TF | 0.50x | yes | nms.py |" in glance
+    assert "| other | 1.5x | partly (1 of 3) | nms.py |" in glance
+    assert "stale" not in page and "not measured: the script failed (exit 1)" in glance
+    assert "| 1.0/2.0/3.0 |" in page
+
+
+def test_publish_writes_results_beside_fragment(tmp_path):
+    import time
+
+    from _common import publish, target
+
+    publish("### T\n", tmp_path / "x.md", quick=True, fragment="x.md", start=time.perf_counter(),
+            results={"targets": [target("t", "m", False)]})
+    data = json.loads((tmp_path / "x.json").read_text())
+    assert data["targets"] == [{"target": "t", "measured": "m", "met": False}]
+    assert data["quick"] is True and data["seconds"] >= 0 and len(data["load_average"]) == 3
