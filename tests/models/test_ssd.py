@@ -49,6 +49,18 @@ def test_ssd512_and_ssdlite_build():
     assert any(isinstance(layer, keras.layers.SeparableConv2D) for layer in lite.network.layers)
 
 
+def test_head_depth_tiny_preset_and_config():
+    """The tiny preset has two hidden convs per head level and the paper's 0.2-0.9 scales; VGG keeps one conv."""
+    model = tiny()
+    hidden = [layer.name for layer in model.network.layers if "_hidden" in layer.name]
+    assert len(hidden) == 2 * 2 * 5  # (cls, box) x depth 2 x 5 levels
+    assert model.network.get_layer("ssd_cls_l0_hidden1").filters == 64
+    np.testing.assert_allclose(model.anchors[0, 2] - model.anchors[0, 0], 0.2 * 128, rtol=1e-6)
+    shallow = SSD(3, backbone="tiny", image_size=64, head_depth=0)
+    assert not any("_hidden" in layer.name for layer in shallow.network.layers)
+    assert SSD.from_config(shallow.get_config()).network.count_params() == shallow.network.count_params()
+
+
 def test_default_boxes_follow_torchvision_conventions():
     scales = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
     shapes = default_box_shapes((300, 300), ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)), scales=scales)
@@ -89,6 +101,7 @@ def test_mixed_precision_train_and_predict():
     (dict(aspect_ratios=((2,),)), "aspect_ratios has 1 levels but the network has 5"),
     (dict(anchor_scales=(0.1, 0.2)), "scales needs 6 values"),
     (dict(image_size=(128, 96)), "one step per level"),
+    (dict(head_depth=-1), "depth >= 0"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
