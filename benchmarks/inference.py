@@ -154,16 +154,15 @@ def main(argv=None) -> int:
                  "GFLOPs per image from `tf.compat.v1.profiler` float_operation on the traced inference "
                  "graph (2 FLOPs per multiply-add).\n\n"
                  + markdown_table(("architecture", "input", "parameters", "GFLOPs/img", "img/s"), arch))
-    return publish(text, args.out, args.quick, "inference.md", start, results(rows, size))
+    return publish(text, args.out, args.quick, "inference.md", start, results(rows, f"{pair}, {size} px"))
 
 
-def results(rows, size: int) -> dict:
+def results(rows, pair: str) -> dict:
     """The pair's ratios and the issue's target row (XLA ratio >= TARGET_RATIO at every batch)."""
     xla = {batch: ratio for batch, mode, _, _, ratio in rows if mode == "XLA"}
     measured = ", ".join(f"{ratio:.2f}x at batch {batch}" for batch, ratio in xla.items())
     return {"ratios": [dict(zip(("batch", "mode", "kdet_ips", "keras_cv_ips", "ratio"), r)) for r in rows],
-            "targets": [target(f"kdet RetinaNet inference >= {TARGET_RATIO}x keras-cv, CPU, XLA "
-                               f"(R50-FPN, {size} px)", measured, all(r >= TARGET_RATIO for r in xla.values()))]}
+            "targets": [target(f"kdet RetinaNet inference >= {TARGET_RATIO}x keras-cv, CPU, XLA ({pair})", measured, all(r >= TARGET_RATIO for r in xla.values()))]}
 
 
 if __name__ == "__main__":

@@ -49,6 +49,13 @@ def test_export_accuracy_quick():
     assert out.count("| LiteRT ") == 4
 
 
+def test_train_synthetic_quick(tmp_path):
+    out = run_quick("train_synthetic.py", "retinanet_tiny", "--out", str(tmp_path / "learning.md"))
+    assert "| retinanet_tiny |" in out and "Reduced budget" in out
+    results = json.loads((tmp_path / "learning.json").read_text())
+    assert results["runs"][0]["epochs"] == 1 and results["targets"][0]["met"] == "not at the bar protocol"
+
+
 def test_function_gflops_matches_conv_arithmetic():
     """Oracle: a bias-free 3x3 Conv2D costs 2 * H * W * Cout * 3 * 3 * Cin FLOPs."""
     import keras
