@@ -1,7 +1,9 @@
-"""Full-integer int8 LiteRT export: int8 networks, float post-processing, detections kept.
+"""Full-integer int8 LiteRT export: int8 networks, float predictors and post-processing, detections kept.
 
 Before the fix the converter also quantized decoding, sigmoid and NMS and the
-int8 model returned no detection at all; these tests fail on that.
+int8 model returned no detection at all; these tests fail on that. With the
+heads' predictor convolutions int8 as well, confident detections (Keras score
+0.3 to 0.9) were lost to 8-bit logits; the CONFIDENT rule fails on that.
 """
 
 import keras
@@ -15,8 +17,11 @@ from kdet.export.quantize import network_scopes, representative_batches
 from kdet.ops import iou
 from tests.helpers import TinyAnchorDetector
 
-CONFIDENT = 0.5  # Keras detections at least this sure must all be reproduced
-MIN_TOP10_MATCHED = 0.8  # fraction of all Keras top-10 detections reproduced (low-score ties reorder)
+CONFIDENT = 0.3  # Keras detections at least this sure must all be reproduced
+# Fraction of all Keras top-10 detections reproduced (0.94 measured): the misses are low-score
+# (< 0.3) boxes that int8 noise pushes under the 0.05 score threshold or past
+# a near-tie in NMS (dynamic_int8 loses some of those too).
+MIN_TOP10_MATCHED = 0.9
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +74,8 @@ def test_int8_export_quantizes_networks_only(trained):
     kdet.export.assert_builtin_only(path)
     types = litert_operator_types(path)
     convs = [t for op, t in types if op == "CONV_2D"]
-    assert convs and all(t == ("INT8",) for t in convs), convs
+    # Every conv is int8 but the predictors (cls and box on P3, P4, P5): their logits and deltas stay float.
+    assert convs.count(("FLOAT32",)) == 2 * 3 and convs.count(("INT8",)) == len(convs) - 2 * 3, convs
     for op, t in types:  # decoding, scores, top-k and NMS are float
         if op in ("EXP", "LOGISTIC", "TOPK_V2", "WHILE", "NON_MAX_SUPPRESSION_V5"):
             assert "INT8" not in t, (op, t)
