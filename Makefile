@@ -25,7 +25,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
-# Regenerates docs/benchmarks.md (~25 min on 2 cores). The slow tests (bar protocols, full-size training
+# Regenerates docs/benchmarks.md (~20 min on a quiet 2-core machine). The slow tests (bar protocols, full-size training
 # steps) run in `make test-all`; running them here too would double the page's learning runs.
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -50,9 +50,9 @@ SCRIPTS = (
 # Full-mode arguments: each architecture is XLA-compiled and timed once per run, by hardware.py (batch 8,
 # with parameters, GFLOPs and img/s), instead of a second time at batch 1 by inference.py.
 FULL_ARGS = {"inference.py": ["--skip-archs"]}
-# train_synthetic.py's epochs in `make bench`: the bar protocol (30 epochs on 200 images for 5 architectures)
-# alone takes 12-20 minutes on 2 cores, so the page trains 10 and says so; the slow tests (`make test-all`) and
-# `--learning-epochs 30` measure the bar itself.
+# train_synthetic.py's epochs in `make bench`: the bar protocol (30 epochs on 200 images, 5 architectures) takes
+# ~8 min on a quiet 2-core machine (~20 loaded) and would push the page past ~25 min, so the page trains 10
+# (~3 min) and says so; the slow tests (`make test-all`) and `--learning-epochs 30` measure the bar itself.
 LEARNING_EPOCHS = 10
 LIBRARIES = ("tensorflow", "keras", "keras_cv", "numpy", "ai_edge_litert", "mtcnn", "cv2", "pycocotools", "kdet")
 
