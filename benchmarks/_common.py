@@ -131,8 +131,8 @@ def median_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> f
     return statistics.median(times)
 
 
-def interleaved_median_ms(fns: dict, repeats: int = 10, warmup: int = 2) -> dict:
-    """Median ms of several callables timed round-robin, so machine load hits all alike."""
+def interleaved_ms(fns: dict, repeats: int = 10, warmup: int = 2) -> dict:
+    """Every call's ms of several callables timed round-robin, so machine load hits all alike."""
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
@@ -142,7 +142,12 @@ def interleaved_median_ms(fns: dict, repeats: int = 10, warmup: int = 2) -> dict
             start = time.perf_counter()
             block(fn())
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_median_ms(fns: dict, repeats: int = 10, warmup: int = 2) -> dict:
+    """Median ms of several callables timed round-robin (see ``interleaved_ms``)."""
+    return {name: statistics.median(t) for name, t in interleaved_ms(fns, repeats, warmup).items()}
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -35,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _common import (_models, bench_parser, interleaved_median_ms, machine_summary, markdown_table,  # noqa: E402
+from _common import (_models, bench_parser, interleaved_ms, machine_summary, markdown_table,  # noqa: E402
                      publish, target)
 from inference import RESNET50, SMALL_RESNET, keras_cv_retinanet  # noqa: E402
 
@@ -92,10 +93,12 @@ def speed(ours, theirs, size: int, batch: int, repeats: int, per_call: int):
     y_kcv = keras_cv_targets(y)
     fns = {"kdet": lambda: ours.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False),
            "keras-cv": lambda: theirs.fit(x, y_kcv, batch_size=batch, epochs=1, verbose=0, shuffle=False)}
-    ms = interleaved_median_ms(fns, repeats=repeats, warmup=1)
-    steps = {k: 1e3 * per_call / v for k, v in ms.items()}
+    times = interleaved_ms(fns, repeats=repeats, warmup=1)
+    steps = {k: 1e3 * per_call / statistics.median(v) for k, v in times.items()}
+    fastest = {k: 1e3 * per_call / min(v) for k, v in times.items()}
     name = "ResNet-50-FPN" if size > 128 else "tiny vs small ResNet V1"
-    return (name, f"{size}x{size}", batch, steps["kdet"], steps["keras-cv"], steps["kdet"] / steps["keras-cv"])
+    return (name, f"{size}x{size}", batch, steps["kdet"], steps["keras-cv"], steps["kdet"] / steps["keras-cv"],
+            fastest["kdet"] / fastest["keras-cv"])
 
 
 def learning(steps: int, train_images: int, test_images: int, batch: int = 8, seed: int = 0, pair=None):
@@ -129,7 +132,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="learning steps (default 300, quick 1)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 5)
     # Quick mode: one small pair (128 px, batch 2) serves both sections; full: ResNet-50 at 256 px, batch 8.
     # One step per timed fit call: a ResNet-50 step takes seconds on 2 cores, so fit's per-call overhead
     # (milliseconds) is negligible, and three steps per call tripled this section's time for nothing.
@@ -145,11 +148,14 @@ def main(argv=None) -> int:
     text = (f"### Training speed: kdet RetinaNet vs keras-cv RetinaNet\n\n"
             f"`python benchmarks/training.py{' --quick' if args.quick else ''}`; `fit` calls of {per_call} "
             f"step(s) on the same synthetic batch (after one untimed call that traces), graph mode "
-            f"(jit_compile=False) for both, median of {repeats} round-robin calls. "
+            f"(jit_compile=False) for both, median of {repeats} round-robin calls (the last column compares "
+            f"each library's fastest call: on the 2-core VM a ResNet-50 step of either library takes either "
+            f"~3.6 s or ~5.2 s, two speed states of the machine, so a median of few calls can land in either). "
             f"Image size reduced to {row[1]} to keep the run within minutes on CPU. Ratio > 1 means kdet is "
             f"faster. {machine_summary()}.\n\n"
-            + markdown_table(("pair", "input", "batch", "kdet steps/s", "keras-cv steps/s", "kdet / keras-cv"),
-                             [(*row[:3], f"{row[3]:.4f}", f"{row[4]:.4f}", f"{row[5]:.3f}")])
+            + markdown_table(("pair", "input", "batch", "kdet steps/s", "keras-cv steps/s", "kdet / keras-cv",
+                              "fastest calls kdet / keras-cv"),
+                             [(*row[:3], f"{row[3]:.4f}", f"{row[4]:.4f}", f"{row[5]:.3f}", f"{row[6]:.3f}")])
             + f"\n### Learning: same steps, same synthetic data, held-out COCO mAP\n\n"
             f"Small configurations of both libraries at 128x128 (kept small so the full run takes minutes), "
             f"{train_images} training images, batch 8, {test_images} held-out images; kdet with its "
@@ -162,13 +168,15 @@ def main(argv=None) -> int:
 
 def results(speed_row, learning_rows) -> dict:
     """Steps/s of both, each library's held-out mAP and the issue's two target rows."""
-    (_, size, batch, ours, theirs, ratio), (ours_l, theirs_l) = speed_row, learning_rows
-    return {"steps_per_s": {"kdet": ours, "keras_cv": theirs, "ratio": ratio, "input": size, "batch": batch},
+    (_, size, batch, ours, theirs, ratio, fastest), (ours_l, theirs_l) = speed_row, learning_rows
+    return {"steps_per_s": {"kdet": ours, "keras_cv": theirs, "ratio": ratio, "fastest_ratio": fastest, "input": size,
+                            "batch": batch},
             "learning": [dict(zip(("model", "parameters", "steps", "train_s", "AP", "AP50", "AP75"), r))
                          for r in learning_rows],
             "targets": [
                 target(f"RetinaNet training steps/s no lower than keras-cv ({speed_row[0]}, {size}, batch {batch})",
-                       f"kdet {ours:.2f} vs keras-cv {theirs:.2f} steps/s ({ratio:.2f}x)", ratio >= 1.0),
+                       f"kdet {ours:.2f} vs keras-cv {theirs:.2f} steps/s ({ratio:.2f}x; fastest calls "
+                       f"{fastest:.2f}x)", ratio >= 1.0),
                 target(f"higher held-out mAP than keras-cv after the same budget ({ours_l[2]} steps, same data)",
                        f"AP {ours_l[4]:.3f} vs {theirs_l[4]:.3f} (AP50 {ours_l[5]:.3f} vs {theirs_l[5]:.3f})",
                        ours_l[4] > theirs_l[4])]}
