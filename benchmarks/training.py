@@ -176,7 +176,7 @@ def results(speed_row, learning_rows) -> dict:
             "targets": [
                 target(f"RetinaNet training steps/s no lower than keras-cv ({speed_row[0]}, {size}, batch {batch})",
                        f"kdet {ours:.2f} vs keras-cv {theirs:.2f} steps/s ({ratio:.2f}x; fastest calls "
-                       f"{fastest:.2f}x)", ratio >= 1.0),
+                       f"{fastest:.2f}x)", min(ratio, fastest) >= 1.0),  # met only if both statistics agree
                 target(f"higher held-out mAP than keras-cv after the same budget ({ours_l[2]} steps, same data)",
                        f"AP {ours_l[4]:.3f} vs {theirs_l[4]:.3f} (AP50 {ours_l[5]:.3f} vs {theirs_l[5]:.3f})",
                        ours_l[4] > theirs_l[4])]}
