@@ -40,26 +40,6 @@ def batched_litert(path, images: np.ndarray) -> dict:
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
-def top10_matched(expected: dict, got: dict, min_score: float = 0.0) -> float:
-    """Fraction of the Keras top-10 detections (all images) found in ``got`` at IoU >= 0.9 with the same label.
-
-    Only the Keras detections scoring at least ``min_score`` count.
-    """
-    from kdet.ops import iou
-
-    hits = []
-    for i in range(len(expected["num_detections"])):
-        k, m = min(int(expected["num_detections"][i]), 10), int(got["num_detections"][i])
-        if k == 0:
-            continue
-        overlaps = iou(expected["boxes"][i, :k], got["boxes"][i, :m]).numpy() if m else np.zeros((k, 0))
-        for j in range(k):
-            if expected["scores"][i, j] < min_score:
-                continue
-            hits.append(bool(((overlaps[j] >= 0.9) & (got["labels"][i, :m] == expected["labels"][i, j])).any()))
-    return float(np.mean(hits)) if hits else 1.0
-
-
 def latency_ms(path, image: np.ndarray, repeats: int) -> float:
     """Median ms of one signature runner on a (1, H, W, 3) float32 batch."""
     from ai_edge_litert.interpreter import Interpreter
@@ -81,6 +61,7 @@ def main(argv=None) -> int:
     import keras
 
     import kdet
+    from kdet.export.parity import top_detections_matched
     from kdet.metrics import coco_map
 
     train_n, test_n, epochs = (16, 4, 2) if args.quick else (200, 64, 30)
@@ -104,8 +85,8 @@ def main(argv=None) -> int:
             metrics = coco_map(yt, got)
             rows.append((f"LiteRT {name}", f"{os.path.getsize(path) / 1024:.0f}", f"{metrics['AP']:.3f}",
                          f"{metrics['AP50']:.3f}", f"{metrics['AP'] - reference['AP']:+.3f}",
-                         f"{metrics['AP50'] - reference['AP50']:+.3f}", f"{top10_matched(expected, got):.3f}",
-                         f"{top10_matched(expected, got, CONFIDENT):.3f}",
+                         f"{metrics['AP50'] - reference['AP50']:+.3f}", f"{top_detections_matched(expected, got):.3f}",
+                         f"{top_detections_matched(expected, got, min_score=CONFIDENT):.3f}",
                          f"{latency_ms(path, xt[:1].astype(np.float32), repeats):.2f}"))
             print(rows[-1], flush=True)
     text = (

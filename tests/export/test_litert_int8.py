@@ -13,8 +13,8 @@ import pytest
 import kdet
 from kdet.data import synthetic_arrays
 from kdet.export import litert_operator_types, litert_operators, run_litert
+from kdet.export.parity import top_detection_matches
 from kdet.export.quantize import network_scopes, representative_batches
-from kdet.ops import iou
 from tests.helpers import TinyAnchorDetector
 
 CONFIDENT = 0.3  # Keras detections at least this sure must all be reproduced
@@ -38,26 +38,12 @@ def trained(tmp_path_factory):
     return model, x, path
 
 
-def _top10_matches(expected, got):
-    """(Keras score, reproduced?) for each of the Keras top-10 detections of every image."""
-    rows = []
-    for i in range(len(expected["num_detections"])):
-        k, m = min(int(expected["num_detections"][i]), 10), int(got["num_detections"][i])
-        if k == 0:
-            continue
-        overlaps = iou(expected["boxes"][i, :k], got["boxes"][i, :m]).numpy() if m else np.zeros((k, 0))
-        for j in range(k):
-            same = got["labels"][i, :m] == expected["labels"][i, j]
-            rows.append((float(expected["scores"][i, j]), bool(((overlaps[j] >= 0.9) & same).any())))
-    return rows
-
-
 def test_int8_export_keeps_top_detections(trained):
     model, x, path = trained
     expected = model.predict(x, verbose=0)
     got = run_litert(path, x)
     assert {"boxes", "scores", "labels", "num_detections"} <= set(got)
-    rows = _top10_matches(expected, got)
+    rows = top_detection_matches(expected, got)
     confident = [ok for score, ok in rows if score >= CONFIDENT]
     assert len(confident) >= 8, "fixture too weak: too few confident Keras detections to compare"
     assert all(confident), rows
