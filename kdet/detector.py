@@ -1,18 +1,32 @@
 """kdet.Detector: the train / predict / detect / export contract every architecture shares.
 
 A detector takes raw RGB pixels (B, H, W, 3) in 0..255 and returns the padded
-output dict of API.md. Subclasses assemble their network with the functional
-API and implement three hooks:
+output dict of API.md. Its settings are one typed config (``config_class``,
+see ``kdet.config``); ``get_config()`` is that config, so every setting
+survives ``model.save`` / ``keras.models.load_model``.
 
-* ``raw_outputs(images, training)``: head outputs at the network resolution;
-* ``compute_losses(images, y, raw)``: a dict of named scalar losses, with
-  ``y`` already converted to xyxy pixels of the network resolution;
-* ``postprocess(raw)``: decoding + NMS -> output dict in network pixels.
+The base class owns everything around the network:
 
-The base class handles the rest: box formats, resizing of ground truth and
-predictions between the input image and the network resolution, loss logging
-per component, ``evaluate`` with COCO mAP, ``detect`` for one image of any
-size, and export.
+    raw pixels --ImagePreprocessing (resize rule, normalise, pad)--> network input x
+    x --network_outputs--> raw  --postprocess(raw, frame)--> detections in network pixels
+      --detections_to_input(frame)--> detections in input pixels (API.md dict)
+
+where the *frame* maps input-image pixels to network pixels per image
+(``kdet.layers.image_preprocessing``). A subclass implements:
+
+* ``assemble()``: builds the networks from ``self.config`` (called once,
+  inside the config's precision scope);
+* ``network_outputs(x, training)``: head outputs of the network input at the
+  network resolution (``raw_outputs(images)`` gives them for raw images);
+* ``compute_losses(y, raw, frame)``: named scalar losses, ``y`` in xyxy
+  network pixels (masks, when present, stay in input pixels);
+* ``postprocess(raw, frame)``: decoding + NMS -> output dict in network pixels.
+
+Optional declarations: ``loss_names``, ``classifier_layers`` (the layers that
+depend on the class count, for fine-tuning), ``point_outputs`` (outputs of
+(x, y) points mapped back like boxes, e.g. facial keypoints), ``input_keys`` (extra
+dict inputs and ``attach_inputs`` to use them), ``xla_on_cpu`` (False where
+XLA:CPU is the slow path) and ``training_recipe()``.
 
 Calling the model with ``training=True`` returns the raw outputs (what
 ``model.fit`` differentiates); otherwise it returns detections, so
@@ -21,28 +35,40 @@ Calling the model with ``training=True`` returns the raw outputs (what
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import logging
+from typing import Any, ClassVar, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from kdet.config import SCRATCH_RECIPE, DetectorConfig, TrainingRecipe, precision_scope
 from kdet.data.images import load_image
+from kdet.layers.image_preprocessing import (ImagePreprocessing, boxes_to_input, boxes_to_network,
+                                             points_to_input)
 from kdet.ops.boxes import convert_format
-from kdet.validation import (
-    check_box_format,
-    check_degenerate_xyxy,
-    check_ground_truth,
-    check_image_size,
-    check_images,
-    check_positive_int,
-)
+from kdet.validation import check_degenerate_xyxy, check_ground_truth, check_images, check_positive_int
+
+logger = logging.getLogger("kdet")
 
 OUTPUT_KEYS = ("boxes", "scores", "labels", "num_detections")
+_KERAS_KWARGS = ("name", "trainable")
+_LOGGED: set = set()
 
 
-def _to_dense_targets(y) -> dict:
-    """Accepts the GT dict with ragged or dense tensors; returns dense, -1 padded."""
+def _log_once(message: str) -> None:
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        logger.warning(message)
+
+
+def _per_image_hw(frame) -> tuple:
+    """Each image's input (height, width) as (B, 1, 1) tensors: they broadcast against (B, M, 1) coordinates."""
+    return frame["input_hw"][:, 0, None, None], frame["input_hw"][:, 1, None, None]
+
+
+def to_dense_targets(y) -> dict:
+    """Accepts the GT dict with ragged or dense tensors; returns dense, -1 padded (masks kept as given)."""
     if not isinstance(y, dict) or "boxes" not in y or "labels" not in y:
         got = sorted(y) if isinstance(y, dict) else type(y).__name__
         raise ValueError(f"y must be a dict with 'boxes' and 'labels'; received {got}.")
@@ -57,47 +83,221 @@ def _to_dense_targets(y) -> dict:
         raise ValueError(f"y['boxes'] must have shape (batch, max_boxes, 4); received {boxes.shape}.")
     if labels.shape.rank != 2:
         raise ValueError(f"y['labels'] must have shape (batch, max_boxes); received {labels.shape}.")
-    return {"boxes": boxes, "labels": labels}
+    dense = {"boxes": boxes, "labels": labels}
+    if "masks" in y:
+        masks = y["masks"]
+        if isinstance(masks, tf.RaggedTensor):
+            masks = masks.to_tensor(default_value=0)
+        dense["masks"] = masks
+    return dense
 
 
 @keras.saving.register_keras_serializable(package="kdet")
 class Detector(keras.Model):
-    """Base class of every kdet detector (a ``keras.Model``).
+    """Base class of every kdet detector (a ``keras.Model``); see the module docstring.
 
     Args:
-        num_classes: number of object classes (labels 0..num_classes-1).
-        bounding_box_format: format of ground-truth and predicted boxes (any
-            ``keras.utils.bounding_boxes`` format), in input-image pixels.
-        image_size: (height, width) of the network input, or None for fully
-            convolutional detectors that take any size.
-        class_names: optional names of the classes, for drawing and the CLI.
+        **settings: the fields of ``config_class`` (``num_classes``,
+            ``bounding_box_format``, ``image_size``, ``class_names``, ``resize``,
+            ``precision``, thresholds, ...) plus Keras' ``name`` / ``trainable``.
     """
 
+    #: The typed config holding every constructor setting.
+    config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
     #: Names of the loss components, logged separately by ``fit``/``evaluate``.
-    loss_names: Sequence[str] = ()
+    loss_names: ClassVar[Sequence[str]] = ()
+    #: Layers whose shapes depend on ``num_classes`` (re-initialised when fine-tuning to new classes).
+    classifier_layers: ClassVar[tuple[str, ...]] = ()
+    #: Outputs of (x, y) points (B, K, P, 2) in network pixels, mapped back like boxes.
+    point_outputs: ClassVar[tuple[str, ...]] = ()
+    #: Extra keys a dict input may carry besides "images" and "image_sizes" (see ``attach_inputs``).
+    input_keys: ClassVar[tuple[str, ...]] = ()
+    #: False where TensorFlow's graph kernels beat XLA:CPU (then CPU inference never uses XLA).
+    xla_on_cpu: ClassVar[bool] = True
 
-    def __init__(self, num_classes: int, bounding_box_format: str = "xyxy", image_size=None,
-                 class_names: Sequence[str] | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.num_classes = check_positive_int("num_classes", num_classes)
-        self.bounding_box_format = check_box_format(bounding_box_format)
-        self.image_size = None if image_size is None else check_image_size(image_size)
-        if class_names is not None and len(class_names) != self.num_classes:
-            raise ValueError(
-                f"class_names has {len(class_names)} names but num_classes is {self.num_classes}."
-            )
-        self.class_names = None if class_names is None else [str(c) for c in class_names]
+    def __init__(self, **settings):
+        keras_kwargs = {k: settings.pop(k) for k in _KERAS_KWARGS if k in settings}
+        settings.pop("dtype", None)  # the detector computes in float32; `precision` sets its networks'
+        config = self.config_class.create(**settings)
+        super().__init__(dtype="float32", **keras_kwargs)
+        self.config = config
         self._component_trackers = [keras.metrics.Mean(name=n) for n in self.loss_names]
         self._set_untracked("_coco_metric", None)
-        self._detect_fn = None
+        self._set_untracked("_augmenter", None)
+        self._set_untracked("_inference_fns", {})
+        with precision_scope(config.precision):
+            self.preprocessor = ImagePreprocessing(
+                config.image_size, resize=config.resize, min_size=config.min_size, max_size=config.max_size,
+                size_divisible=config.size_divisible, name="preprocessing", **self.pixel_normalization())
+            self.assemble()
         # Subclasses assemble their functional networks (and so all variables) in
-        # __init__: the model is built once constructed (save_weights works at once).
+        # assemble(): the model is built once constructed (save_weights works at once).
         self.built = True
 
     def _set_untracked(self, name, value):
-        # compile() may run after Keras locked the model's state (a loaded or built
-        # model), so the COCO metric is kept outside Keras' attribute tracking.
+        # Set outside Keras' attribute tracking: metrics, augmenters and function caches are
+        # not part of the model's state (and a locked, loaded model refuses new tracked attributes).
         object.__setattr__(self, name, value)
+
+    # --------------------------------------------------------- settings
+    def __getattr__(self, name):
+        # Every config setting reads as an attribute: model.score_threshold, model.num_classes, ...
+        config = self.__dict__.get("config")
+        if config is not None and name in config.__dataclass_fields__:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def get_config(self) -> dict[str, Any]:
+        base = {k: v for k, v in super().get_config().items() if k in ("name", "trainable")}
+        return {**base, **self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    # ----------------------------------------------------------- hooks
+    def default_pixel_normalization(self) -> dict:
+        """The backbone's input statistics {"scale", "mean", "std"}; default x / 255."""
+        return {"scale": 1.0 / 255.0}
+
+    def pixel_normalization(self) -> dict:
+        """``ImagePreprocessing`` statistics: the backbone's, with the config's pixel_* settings applied."""
+        return self.config.pixel_normalization(self.default_pixel_normalization())
+
+    def assemble(self) -> None:
+        """Builds the networks from ``self.config`` (subclasses implement it)."""
+        raise TypeError(f"{type(self).__name__} must implement assemble().")
+
+    def network_outputs(self, x, training=False):
+        """Head outputs of the network input ``x`` (normalised, on the canvas; subclasses implement it)."""
+        raise TypeError(f"{type(self).__name__} must implement network_outputs().")
+
+    def compute_losses(self, y, raw, frame) -> dict:
+        """Named scalar losses (subclasses implement it); ``y`` holds xyxy network-pixel boxes."""
+        raise TypeError(f"{type(self).__name__} must implement compute_losses().")
+
+    def postprocess(self, raw, frame) -> dict:
+        """Decoding + NMS of raw outputs -> output dict in network pixels (subclasses implement it)."""
+        raise TypeError(f"{type(self).__name__} must implement postprocess().")
+
+    def attach_inputs(self, raw: dict, extras: dict, frame: dict) -> dict:
+        """Adds extra dict inputs (``input_keys``) to the raw outputs; the base takes none."""
+        return raw
+
+    def training_recipe(self) -> TrainingRecipe:
+        """The recipe ``kdet.training`` uses: Adam for models trained from scratch by default."""
+        return SCRATCH_RECIPE
+
+    # ------------------------------------------------------- geometry
+    @property
+    def network_input_shape(self) -> tuple:
+        """(height, width) of the network input; None entries where it follows the image."""
+        return tuple(self.config.image_size) if self.config.fixed_canvas else (None, None)
+
+    def split_inputs(self, inputs) -> tuple:
+        """images, or a dict {"images", "image_sizes"?, *input_keys} -> (images, extras dict)."""
+        if isinstance(inputs, dict):
+            allowed = {"images", "image_sizes", *self.input_keys}
+            if "images" not in inputs or set(inputs) - allowed:
+                raise ValueError(f"Dict inputs must hold 'images' and optionally {sorted(allowed - {'images'})}; "
+                                 f"received keys {sorted(inputs)}.")
+            extras = {k: v for k, v in inputs.items() if k != "images"}
+            return tf.convert_to_tensor(inputs["images"]), extras
+        return tf.convert_to_tensor(inputs), {}
+
+    def frame_of(self, inputs) -> dict:
+        """The input <-> network pixel frame of each image of ``inputs``."""
+        images, extras = self.split_inputs(inputs)
+        return self.preprocessor.frame(images, extras.get("image_sizes"))
+
+    def targets_to_network(self, y, frame) -> dict:
+        """GT dict in ``bounding_box_format`` input pixels -> xyxy network pixels."""
+        y = to_dense_targets(y)
+        h, w = _per_image_hw(frame)
+        boxes = convert_format(y["boxes"], self.bounding_box_format, "xyxy", height=h, width=w)
+        boxes = boxes_to_network(boxes, frame)
+        valid = y["labels"] >= 0
+        return {**y, "boxes": tf.where(valid[..., None], boxes, 0.0)}
+
+    def detections_to_input(self, detections: dict, frame) -> dict:
+        """Output dict in xyxy network pixels -> ``bounding_box_format`` input pixels."""
+        valid = detections["labels"] >= 0
+        boxes = boxes_to_input(detections["boxes"], frame)
+        h, w = _per_image_hw(frame)
+        boxes = convert_format(boxes, "xyxy", self.bounding_box_format, height=h, width=w)
+        out = {
+            "boxes": tf.where(valid[..., None], boxes, 0.0),
+            "scores": tf.cast(detections["scores"], tf.float32),
+            "labels": tf.cast(detections["labels"], tf.int32),
+            "num_detections": tf.cast(detections["num_detections"], tf.int32),
+        }
+        for key in self.point_outputs:
+            out[key] = tf.where(valid[..., None, None], points_to_input(detections[key], frame), 0.0)
+        for key, value in detections.items():
+            out.setdefault(key, value)
+        return out
+
+    # ------------------------------------------------------------- keras API
+    def forward(self, inputs, training=False):
+        """(raw outputs, frame) of ``inputs`` (images or a dict input)."""
+        images, extras = self.split_inputs(inputs)
+        sizes = extras.get("image_sizes")
+        frame = self.preprocessor.frame(images, sizes)
+        raw = self.network_outputs(self.preprocessor(images, sizes), training=bool(training))
+        extras = {k: v for k, v in extras.items() if k != "image_sizes"}
+        return self.attach_inputs(dict(raw), extras, frame), frame
+
+    def raw_outputs(self, inputs, training=False) -> dict:
+        """Raw head outputs (before decoding and NMS) of raw images (or a dict input), at the network resolution."""
+        return self.forward(inputs, training=training)[0]
+
+    def call(self, inputs, training=None):
+        raw, frame = self.forward(inputs, training=training)
+        if training:
+            return raw
+        return self.detections_to_input(self.postprocess(raw, frame), frame)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if y is None:
+            raise ValueError("Training a detector needs targets: fit(images, {'boxes': ..., 'labels': ...}).")
+        frame = self.frame_of(x)
+        losses = self.compute_losses(self.targets_to_network(y, frame), y_pred, frame)
+        for tracker in self._component_trackers:
+            tracker.update_state(losses[tracker.name])
+        total = tf.add_n([tf.cast(v, tf.float32) for v in losses.values()])
+        if self.losses:
+            total += tf.add_n([tf.cast(v, tf.float32) for v in self.losses])
+        # Under tf.distribute each replica's gradients are summed: scale by
+        # 1 / replicas as Keras' own compiled losses do (Keras un-scales the
+        # logged value again).
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            total = total / float(replicas)
+        return total
+
+    def train_step(self, data):
+        if self._augmenter is not None:
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+            x, y = self._augment(x, y)
+            data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+        return super().train_step(data)
+
+    def _augment(self, x, y):
+        images, extras = self.split_inputs(x)
+        images, y = self._augmenter(tf.cast(images, tf.float32), to_dense_targets(y))
+        return ({"images": images, **extras} if extras else images), y
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        raw, frame = self.forward(x, training=False)
+        loss = self.compute_loss(x=x, y=y, y_pred=raw, sample_weight=sample_weight, training=False)
+        for metric in self.metrics:
+            if metric.name == "loss":  # Keras' total-loss tracker
+                metric.update_state(loss, sample_weight=tf.shape(self.split_inputs(x)[0])[0])
+        if self._coco_metric is not None:
+            detections = self.detections_to_input(self.postprocess(raw, frame), frame)
+            self._coco_metric.update_state(to_dense_targets(y), detections)
+        return self.get_metrics_result()
 
     @property
     def metrics(self):
@@ -113,92 +313,6 @@ class Detector(keras.Model):
             results = {k: v for k, v in results.items() if k != self._coco_metric.name}
         return results
 
-    def build(self, input_shape=None):
-        # Subclasses assemble (and so build) their functional networks in __init__.
-        self.built = True
-
-    # ----------------------------------------------------------------- hooks
-    def raw_outputs(self, images, training=False):
-        """Head outputs at the network resolution (subclasses implement it)."""
-        raise TypeError(f"{type(self).__name__} must implement raw_outputs().")
-
-    def compute_losses(self, images, y, raw) -> dict:
-        """Named scalar losses (subclasses implement it). ``y`` is xyxy in network pixels."""
-        raise TypeError(f"{type(self).__name__} must implement compute_losses().")
-
-    def postprocess(self, raw) -> dict:
-        """Decoding + NMS of raw outputs -> output dict in network pixels."""
-        raise TypeError(f"{type(self).__name__} must implement postprocess().")
-
-    # ------------------------------------------------------- pixel frames
-    def _network_scale(self, images):
-        """(sx, sy) from network pixels to input-image pixels."""
-        if self.image_size is None:
-            return tf.constant(1.0), tf.constant(1.0)
-        shape = tf.shape(images)
-        sy = tf.cast(shape[1], tf.float32) / float(self.image_size[0])
-        sx = tf.cast(shape[2], tf.float32) / float(self.image_size[1])
-        return sx, sy
-
-    def _input_hw(self, images):
-        shape = tf.shape(images)
-        return tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-
-    def targets_to_network(self, images, y) -> dict:
-        """GT dict in ``bounding_box_format`` input pixels -> xyxy network pixels."""
-        y = _to_dense_targets(y)
-        h, w = self._input_hw(images)
-        boxes = convert_format(y["boxes"], self.bounding_box_format, "xyxy", height=h, width=w)
-        sx, sy = self._network_scale(images)
-        boxes = boxes / tf.stack([sx, sy, sx, sy])
-        valid = y["labels"] >= 0
-        boxes = tf.where(valid[..., None], boxes, 0.0)
-        return {"boxes": boxes, "labels": y["labels"]}
-
-    def detections_to_input(self, images, detections: dict) -> dict:
-        """Output dict in xyxy network pixels -> ``bounding_box_format`` input pixels."""
-        sx, sy = self._network_scale(images)
-        boxes = tf.cast(detections["boxes"], tf.float32) * tf.stack([sx, sy, sx, sy])
-        extra = {}
-        if "landmarks" in detections:
-            extra["landmarks"] = tf.cast(detections["landmarks"], tf.float32) * tf.stack([sx, sy])
-        h, w = self._input_hw(images)
-        boxes = convert_format(boxes, "xyxy", self.bounding_box_format, height=h, width=w)
-        valid = detections["labels"] >= 0
-        boxes = tf.where(valid[..., None], boxes, 0.0)
-        return {
-            "boxes": boxes,
-            "scores": tf.cast(detections["scores"], tf.float32),
-            "labels": tf.cast(detections["labels"], tf.int32),
-            "num_detections": tf.cast(detections["num_detections"], tf.int32),
-            **extra,
-        }
-
-    # ------------------------------------------------------------- keras API
-    def call(self, images, training=None):
-        if training:
-            return self.raw_outputs(images, training=True)
-        raw = self.raw_outputs(images, training=False)
-        return self.detections_to_input(images, self.postprocess(raw))
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if y is None:
-            raise ValueError("Training a detector needs targets: fit(images, {'boxes': ..., 'labels': ...}).")
-        targets = self.targets_to_network(x, y)
-        losses = self.compute_losses(x, targets, y_pred)
-        for tracker in self._component_trackers:
-            tracker.update_state(losses[tracker.name])
-        total = tf.add_n([tf.cast(v, tf.float32) for v in losses.values()])
-        if self.losses:
-            total += tf.add_n([tf.cast(v, tf.float32) for v in self.losses])
-        # Under tf.distribute each replica's gradients are summed: scale by
-        # 1 / replicas as Keras' own compiled losses do (Keras un-scales the
-        # logged value again).
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1:
-            total = total / float(replicas)
-        return total
-
     def validate_arrays(self, x, y=None) -> None:
         """Checks in-memory (NumPy) images and ground truth before training or evaluation.
 
@@ -206,22 +320,23 @@ class Detector(keras.Model):
         boxes, degenerate boxes (x2 < x1) and labels outside [0, num_classes).
         Datasets are checked inside the graph only for shapes.
         """
-        if isinstance(x, np.ndarray):
-            checked = check_images(x, name="x")
-            if checked.shape[-1] != x.shape[-1] or checked.ndim != x.ndim:
+        images = x.get("images") if isinstance(x, dict) else x
+        if isinstance(images, np.ndarray):
+            checked = check_images(images, name="x")
+            if checked.shape[-1] != images.shape[-1] or checked.ndim != images.ndim:
                 raise ValueError(
-                    f"x has shape {x.shape}; detectors take RGB (batch, height, width, 3). Convert "
+                    f"x has shape {images.shape}; detectors take RGB (batch, height, width, 3). Convert "
                     "grayscale/RGBA first (kdet.data.load_image does it per image)."
                 )
         if isinstance(y, dict) and all(isinstance(v, (np.ndarray, list)) for v in y.values()):
-            y = check_ground_truth(y, self.num_classes)
+            checked_y = check_ground_truth(y, self.num_classes)
             height = width = None
-            if isinstance(x, np.ndarray):
-                height, width = x.shape[1], x.shape[2]
+            if isinstance(images, np.ndarray):
+                height, width = images.shape[1], images.shape[2]
             if not self.bounding_box_format.startswith("rel_") or height is not None:
-                boxes = convert_format(y["boxes"], self.bounding_box_format, "xyxy",
+                boxes = convert_format(checked_y["boxes"], self.bounding_box_format, "xyxy",
                                        height=height, width=width).numpy()
-                check_degenerate_xyxy(boxes, y["labels"], name="y['boxes']")
+                check_degenerate_xyxy(boxes, checked_y["labels"], name="y['boxes']")
 
     def fit(self, x=None, y=None, *args, **kwargs):
         self.validate_arrays(x, y)
@@ -231,38 +346,8 @@ class Detector(keras.Model):
         self.validate_arrays(x, y)
         return super().evaluate(x, y, *args, **kwargs)
 
-    def train_step(self, data):
-        if getattr(self, "_train_flip", False):
-            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-            x, y = self.random_horizontal_flip(x, y)
-            data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
-        return super().train_step(data)
-
-    def random_horizontal_flip(self, images, y, probability: float = 0.5):
-        """Flips each image and its boxes left-right with ``probability`` (training augmentation)."""
-        y = _to_dense_targets(y)
-        images = tf.convert_to_tensor(images)
-        h, w = self._input_hw(images)
-        boxes = convert_format(y["boxes"], self.bounding_box_format, "xyxy", height=h, width=w)
-        flip = tf.random.uniform((tf.shape(images)[0],)) < probability
-        flipped = tf.stack([w - boxes[..., 2], boxes[..., 1], w - boxes[..., 0], boxes[..., 3]], axis=-1)
-        boxes = tf.where(flip[:, None, None], flipped, boxes)
-        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-        boxes = convert_format(boxes, "xyxy", self.bounding_box_format, height=h, width=w)
-        return images, {"boxes": boxes, "labels": y["labels"]}
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        raw = self.raw_outputs(x, training=False)
-        loss = self._compute_loss(x=x, y=y, y_pred=raw, sample_weight=sample_weight, training=False)
-        self._loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
-        if self._coco_metric is not None:
-            detections = self.detections_to_input(x, self.postprocess(raw))
-            self._coco_metric.update_state(_to_dense_targets(y), detections)
-        return self.get_metrics_result()
-
     def compile(self, optimizer=None, box_loss=None, classification_loss=None, metrics=None,
-                evaluate_coco: bool = True, augment: str | None = "flip", **kwargs):
+                evaluate_coco: bool = True, augment="flip", **kwargs):
         """Configures training with sensible per-architecture defaults.
 
         Args:
@@ -271,9 +356,12 @@ class Detector(keras.Model):
                 "iou", "giou", "diou", "ciou"); default per architecture.
             classification_loss: a ``keras.losses.Loss``; default per architecture.
             evaluate_coco: report COCO mAP in ``evaluate`` (and validation).
-            augment: training-time augmentation inside ``fit``: "flip" (random
-                horizontal flip of images and boxes, p = 0.5; the default, so a
-                plain ``fit(images, targets)`` generalises better) or None.
+            augment: augmentation ``fit`` applies to each training batch, with
+                the data pipeline's ``kdet.data.Augmenter`` (the one
+                augmentation implementation): "flip" (random horizontal flip of
+                images and boxes, the default, so a plain ``fit(images, targets)``
+                generalises better), None, or an ``Augmenter``. Pipelines that
+                augment themselves (``kdet.training``) pass None.
             **kwargs: forwarded to ``keras.Model.compile`` (``jit_compile``,
                 ``steps_per_execution``, ...).
         """
@@ -293,11 +381,21 @@ class Detector(keras.Model):
             # The COCO metric accumulates through tf.py_function, which XLA cannot compile;
             # keep the train/test steps off XLA unless the caller asks (predict is XLA-safe).
             kwargs.setdefault("jit_compile", False)
-        if augment not in ("flip", None):
-            raise ValueError(f"augment must be 'flip' or None; received {augment!r}.")
-        self._train_flip = augment == "flip"
-        self._compile_args = {"evaluate_coco": bool(evaluate_coco), "augment": augment}
+        self._set_untracked("_augmenter", self._make_augmenter(augment))
+        self._compile_args = {"evaluate_coco": bool(evaluate_coco),
+                              "augment": augment if isinstance(augment, (str, type(None))) else None}
         super().compile(optimizer=optimizer or self.default_optimizer(), metrics=metrics, **kwargs)
+        self._set_untracked("_inference_fns", {})
+
+    def _make_augmenter(self, augment):
+        from kdet.data.augment import Augmenter
+
+        if augment is None or isinstance(augment, Augmenter):
+            return augment
+        if augment != "flip":
+            raise ValueError(f"augment must be 'flip', None or a kdet.data.Augmenter; received {augment!r}.")
+        return Augmenter(bounding_box_format=self.bounding_box_format, flip="horizontal", brightness=None,
+                         contrast=None, saturation=None, hue=None, gamma=None)
 
     def get_compile_config(self):
         if not getattr(self, "compiled", False):
@@ -354,6 +452,105 @@ class Detector(keras.Model):
         return box_loss
 
     # ---------------------------------------------------------- inference
+    def inference_compiler(self) -> str:
+        """"xla" or "graph": how ``predict`` / ``detect`` run (``compile(jit_compile=...)`` asks).
+
+        Keras' rule ("auto": XLA where every layer supports it), except that
+        architectures declaring ``xla_on_cpu = False`` run TensorFlow's graph
+        kernels on CPU even when asked for XLA (logged once), and
+        shape-agnostic inputs of fixed-canvas models always trace one graph.
+        """
+        want_xla = bool(self.jit_compile)
+        if want_xla and not self.xla_on_cpu and not tf.config.list_logical_devices("GPU"):
+            _log_once(f"kdet: {type(self).__name__} runs inference in graph mode on CPU, where XLA:CPU is "
+                      "several times slower for it; XLA stays on for GPUs.")
+            return "graph"
+        return "xla" if want_xla else "graph"
+
+    @property
+    def active_compiler(self) -> str | None:
+        """The compiler ("xla" / "graph") of the inference function being traced, None outside one."""
+        return self.__dict__.get("_active_compiler")
+
+    def _inference_fn(self, images, extras: dict, compiler: str | None = None):
+        """The compiled inference function for this input signature.
+
+        XLA and canvases that follow the image ("min_max", "none") trace one
+        function per static shape; graph mode on a fixed canvas traces one
+        function for every image size.
+        """
+        compiler = compiler or self.inference_compiler()
+        shape_free = compiler == "graph" and self.config.fixed_canvas and not extras
+        key = (compiler, None if shape_free else tuple(images.shape), tuple(sorted(extras)))
+        fn = self._inference_fns.get(key)
+        if fn is None:
+            def run(x):
+                self._set_untracked("_active_compiler", compiler)  # read at trace time by the hooks
+                try:
+                    return self(x, training=False)
+                finally:
+                    self._set_untracked("_active_compiler", None)
+
+            spec = [tf.TensorSpec((None, None, None, 3), tf.float32)] if shape_free else None
+            fn = tf.function(run, jit_compile=compiler == "xla", input_signature=spec)
+            self._inference_fns[key] = fn
+        return fn
+
+    def infer(self, inputs, compiler: str | None = None) -> dict:
+        """Detections (NumPy) for one batch: images (B, H, W, 3) or a dict input."""
+        images, extras = self.split_inputs(inputs)
+        images = tf.cast(images, tf.float32)
+        if images.shape.rank != 4 or images.shape[0] == 0:
+            raise ValueError(f"images must be a non-empty batch (batch, height, width, 3); received {images.shape}.")
+        x = {"images": images, **extras} if extras else images
+        return {k: v.numpy() for k, v in self._inference_fn(images, extras, compiler)(x).items()}
+
+    def predict(self, x, batch_size: int | None = None, verbose="auto", steps=None, callbacks=None,
+                **kwargs) -> dict:
+        """Detections for arrays, a dict input with arrays, or a ``tf.data`` dataset of such batches.
+
+        Runs one compiled function per input signature (``inference_compiler``);
+        returns the API.md output dict of NumPy arrays.
+        """
+        if callbacks:
+            raise ValueError("Detector.predict takes no callbacks; iterate and call model.infer(batch) instead.")
+        if isinstance(x, tf.data.Dataset):
+            batches = (b[0] if isinstance(b, tuple) else b for b in x)
+            total = None if x.cardinality() < 0 else int(x.cardinality())
+        else:
+            batches, total = self._array_batches(x, batch_size)
+        if steps is not None:
+            total = check_positive_int("steps", steps)
+            batches = (b for _, b in zip(range(total), batches))
+        bar = keras.utils.Progbar(total) if verbose not in (0, False) and total and total > 1 else None
+        parts = []
+        for step, batch in enumerate(batches):
+            parts.append(self.infer(batch))
+            if bar is not None:
+                bar.update(step + 1)
+        if not parts:
+            raise ValueError("predict received no data (an empty dataset or batch).")
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _array_batches(self, x, batch_size):
+        images = x["images"] if isinstance(x, dict) else x
+        if isinstance(images, tf.Tensor):
+            images = images.numpy()
+        images = check_images(np.asarray(images), name="images")
+        step = check_positive_int("batch_size", batch_size or 32)
+        count = len(images)
+        extras = {k: np.asarray(v) for k, v in x.items() if k != "images"} if isinstance(x, dict) else {}
+        for key, value in extras.items():
+            if len(value) != count:
+                raise ValueError(f"{key} has {len(value)} rows but images has {count}.")
+
+        def batches():
+            for i in range(0, count, step):
+                chunk = images[i:i + step]
+                yield {"images": chunk, **{k: v[i:i + step] for k, v in extras.items()}} if extras else chunk
+
+        return batches(), -(-count // step)
+
     def detect(self, image, score_threshold: float | None = None) -> dict:
         """Detects objects in one image of any size.
 
@@ -366,28 +563,16 @@ class Detector(keras.Model):
         Returns:
             dict of NumPy arrays with the valid rows only: ``boxes`` (n, 4) in
             ``bounding_box_format`` pixels of ``image``, ``scores`` (n,),
-            ``labels`` (n,) [, ``landmarks`` (n, 5, 2)].
+            ``labels`` (n,), and the model's extra outputs (``point_outputs``,
+            ``masks``) for the same rows.
         """
         array = load_image(image)
-        height, width = array.shape[:2]
-        batch = array[None].astype(np.float32)
-        if self.image_size is not None:
-            # Resize outside the graph so every image reuses one traced function.
-            batch = tf.image.resize(batch, self.image_size).numpy()
-        if self._detect_fn is None:
-            self._detect_fn = tf.function(lambda x: self(x, training=False), reduce_retracing=True)
-        out = {k: v.numpy() for k, v in self._detect_fn(tf.constant(batch)).items()}
+        # One image at a time: a fixed canvas runs one graph for every photo size (no XLA
+        # compilation per size); canvases that follow the image trace once per size.
+        compiler = "graph" if self.config.fixed_canvas else None
+        out = self.infer(array[None].astype(np.float32), compiler)
         n = int(out["num_detections"][0])
-        result = {k: out[k][0, :n] for k in out if k != "num_detections"}
-        if self.image_size is not None:
-            sy, sx = height / self.image_size[0], width / self.image_size[1]
-            boxes = convert_format(result["boxes"], self.bounding_box_format, "xyxy",
-                                   height=self.image_size[0], width=self.image_size[1]).numpy()
-            boxes = boxes * np.array([sx, sy, sx, sy], np.float32)
-            result["boxes"] = convert_format(boxes, "xyxy", self.bounding_box_format,
-                                             height=height, width=width).numpy()
-            if "landmarks" in result:
-                result["landmarks"] = result["landmarks"] * np.array([sx, sy], np.float32)
+        result = {k: v[0, :n] for k, v in out.items() if k != "num_detections"}
         if score_threshold is not None:
             keep = result["scores"] >= float(score_threshold)
             result = {k: v[keep] for k, v in result.items()}
@@ -398,12 +583,3 @@ class Detector(keras.Model):
         from kdet import export as kdet_export
 
         return kdet_export.export(self, filepath, format=format, **kwargs)
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "num_classes": self.num_classes,
-            "bounding_box_format": self.bounding_box_format,
-            "image_size": self.image_size,
-            "class_names": self.class_names,
-        }

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import inspect
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kdet.config import SCRATCH_RECIPE, TrainingRecipe
 from kdet.validation import check_image_size, check_positive_int
 
 logger = logging.getLogger("kdet.training")
@@ -47,35 +47,9 @@ ARCHITECTURES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainingDefaults:
-    """Per-architecture training recipe: optimizer, peak learning rate at ``batch_size``, warm-up."""
-
-    optimizer: str
-    learning_rate: float
-    batch_size: int
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    warmup_steps: int = 500
-    source: str = ""
-
-
-# Paper / upstream recipes; the learning rate scales linearly with the batch size
-# (Goyal et al. 2017, "Accurate, Large Minibatch SGD").
-TRAINING_DEFAULTS = {
-    "retinanet": TrainingDefaults("sgd", 0.01, 16, 1e-4, 0.9, 500,
-                                  "Lin et al. 2017 sec. 4.1 / Detectron: SGD 0.01 at 16 images, wd 1e-4, warm-up"),
-    "efficientdet": TrainingDefaults("sgd", 0.08, 64, 4e-5, 0.9, 1000,
-                                     "Tan et al. 2020 sec. 5 / automl: SGD 0.08 at 64 images, wd 4e-5, cosine"),
-    "ssd": TrainingDefaults("sgd", 1e-3, 32, 5e-4, 0.9, 500, "Liu et al. 2016 sec. 3: SGD 1e-3 at 32, wd 5e-4"),
-    "yolov3": TrainingDefaults("sgd", 1e-3, 64, 5e-4, 0.9, 1000,
-                               "darknet yolov3.cfg: lr 1e-3, batch 64, decay 5e-4, burn_in 1000"),
-    "faster_rcnn": TrainingDefaults("sgd", 0.02, 16, 1e-4, 0.9, 500,
-                                    "Ren et al. 2015 / Detectron: SGD 0.02 at 16 images, wd 1e-4, warm-up"),
-}
-#: Small models trained from scratch (backbone="tiny", custom detectors): Adam with the
-#: peak rate of ``Detector.default_optimizer``, which the tiny configurations are tested with.
-SCRATCH_DEFAULTS = TrainingDefaults("adam", 1e-3, 8, 0.0, 0.9, 100, "kdet Detector.default_optimizer")
+#: The recipe type every detector declares (``Detector.training_recipe()``); kept under its old name.
+TrainingDefaults = TrainingRecipe
+SCRATCH_DEFAULTS = SCRATCH_RECIPE
 
 
 @dataclasses.dataclass
@@ -90,22 +64,11 @@ class TrainResult:
     initial_step: int
 
 
-def architecture_of(model) -> str | None:
-    """The architecture key of a detector ("retinanet", ...) from its class, or None."""
-    name = type(model).__name__.lower()
-    for key in ARCHITECTURES:
-        if key.replace("_", "") in name.replace("_", ""):
-            return key
-    return None
-
-
-def training_defaults(model) -> TrainingDefaults:
-    """The recipe for ``model``: the paper recipe of its architecture, Adam for tiny/unknown ones."""
-    config = model.get_config() if hasattr(model, "get_config") else {}
-    arch = architecture_of(model)
-    if arch is None or config.get("backbone") == "tiny":
-        return SCRATCH_DEFAULTS
-    return TRAINING_DEFAULTS[arch]
+def training_defaults(model) -> TrainingRecipe:
+    """The recipe ``model`` declares (``Detector.training_recipe()``): the paper's for full-size
+    architectures, Adam for the tiny presets; models that declare none get the from-scratch recipe."""
+    recipe = getattr(model, "training_recipe", None)
+    return recipe() if callable(recipe) else SCRATCH_RECIPE
 
 
 def make_optimizer(defaults: TrainingDefaults, total_steps: int, batch_size: int | None = None,
@@ -332,10 +295,8 @@ def train(model="retinanet", data="synthetic", *, epochs: int = 10, batch_size: 
     steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch)
     with strategy.scope():
         opt = optimizer or make_optimizer(defaults, epochs * steps_per_epoch, batch_size, learning_rate)
-        # Augmentation happens in the data pipeline, seeded, so a resumed run replays it;
-        # the unseeded in-step flip of Detector.compile would not be replayed.
-        extra = {"augment": None} if "augment" in inspect.signature(detector.compile).parameters else {}
-        detector.compile(optimizer=opt, evaluate_coco=False, **extra)
+        # Augmentation happens in the data pipeline, seeded, so a resumed run replays it.
+        detector.compile(optimizer=opt, evaluate_coco=False, augment=None)
     backup_dir = out_dir / "backup"
     start_step = _restored_step(backup_dir, detector)
     augmenter = _augmenter(augment, net_size, seed)

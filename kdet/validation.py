@@ -74,6 +74,21 @@ def check_image_size(image_size: Any, multiple_of: int = 1) -> tuple[int, int]:
     return h, w
 
 
+def check_input_size(image_size: Any, multiple_of: int = 1) -> tuple:
+    """Like ``check_image_size`` but ``None`` (or None entries) stand for a size set per call.
+
+    Backbones and networks take it: a ``(None, None)`` input builds a fully
+    convolutional network whose canvas follows the image ("min_max" resizing).
+    """
+    if image_size is None:
+        return (None, None)
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2 and None in image_size:
+        if any(s is not None for s in image_size):
+            raise ValueError(f"image_size must be fully known or (None, None); received {image_size!r}.")
+        return (None, None)
+    return check_image_size(image_size, multiple_of=multiple_of)
+
+
 def check_images(images: Any, name: str = "images") -> np.ndarray:
     """Checks a NumPy batch of RGB images (B, H, W, 3) in 0..255 and returns it.
 

@@ -2,45 +2,54 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 
 from kdet.backbones.tiny import tiny_backbone
 from kdet.heads.dense import dense_head, prior_bias
 from kdet.layers.anchor_generator import AnchorGenerator
-from kdet.layers.image_preprocessing import ImagePreprocessing
-from kdet.models.single_stage import SingleStageDetector
+from kdet.models.single_stage import SingleStageConfig, SingleStageDetector
 from kdet.necks.fpn import fpn
-from kdet.validation import check_positive_int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TinyAnchorConfig(SingleStageConfig):
+    num_classes: int = 3
+    width: int = 32
+
+    def resolve(self):
+        if self.image_size is None and self.fixed_canvas:
+            self._set("image_size", (128, 128))
 
 
 @keras.saving.register_keras_serializable(package="kdet_tests")
 class TinyAnchorDetector(SingleStageDetector):
-    """The minimal anchor-based detector of the foundation tests: tiny backbone, shared heads on P3-P5."""
+    """The minimal anchor-based detector of the foundation tests: tiny backbone, shared heads on P3-P5.
 
-    def __init__(self, num_classes=3, image_size=128, bounding_box_format="xyxy", width=32, **kwargs):
-        check_positive_int("num_classes", num_classes)
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        backbone = tiny_backbone(size)
-        inputs = keras.Input((*size, 3))
-        feats = backbone(inputs)
-        pyramid = fpn(feats, min_level=3, max_level=5, width=width)
+    A subclass written the way a user adds an architecture: a config class and ``build_network``.
+    """
+
+    config_class = TinyAnchorConfig
+    classifier_layers = ("cls_pred",)
+
+    def __init__(self, num_classes: int = 3, image_size=None, **settings):
+        super().__init__(num_classes=num_classes, image_size=image_size, **settings)
+
+    def build_network(self):
+        cfg = self.config
+        backbone = tiny_backbone(self.network_input_shape)
+        inputs = keras.Input((*self.network_input_shape, 3))
+        pyramid = fpn(backbone(inputs), min_level=3, max_level=5, width=cfg.width)
         levels = [pyramid["P3"], pyramid["P4"], pyramid["P5"]]
         anchors = AnchorGenerator(strides=(8, 16, 32), sizes=(16, 32, 64), scales=(1.0, 1.5),
                                   aspect_ratios=(0.5, 1.0, 2.0))
         n = anchors.num_anchors_per_location
-        cls = dense_head(levels, n, num_classes, depth=2, width=width, final_bias=prior_bias(0.01), name="cls")
-        box = dense_head(levels, n, 4, depth=2, width=width, name="box")
-        network = keras.Model(inputs, {"box": box, "cls": cls}, name="network")
-        self._width = width
-        super().__init__(num_classes, network, anchors, ImagePreprocessing(size), size,
-                         bounding_box_format=bounding_box_format, **kwargs)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(image_size=self.image_size, width=self._width)
-        config.pop("class_names")
-        return config
+        cls = dense_head(levels, n, self.head_classes, depth=2, width=cfg.width, final_bias=prior_bias(0.01),
+                         name="cls")
+        box = dense_head(levels, n, 4, depth=2, width=cfg.width, name="box")
+        return keras.Model(inputs, {"box": box, "cls": cls}, name="network"), anchors
 
 
 def coco_ap50(y_true: dict, y_pred: dict) -> float:

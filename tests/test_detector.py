@@ -103,7 +103,7 @@ def test_other_box_formats_round_trip(fmt):
     model = TinyAnchorDetector(bounding_box_format=fmt)
     model.compile(evaluate_coco=False)
     y_fmt = dict(y, boxes=convert_format(y["boxes"], "xyxy", fmt, height=128, width=128).numpy())
-    targets = model.targets_to_network(tf.constant(x), y_fmt)
+    targets = model.targets_to_network(y_fmt, model.frame_of(tf.constant(x)))
     valid = y["labels"] >= 0
     np.testing.assert_allclose(targets["boxes"].numpy()[valid], y["boxes"][valid], atol=1e-3)
     loss = model.compute_loss(tf.constant(x), y_fmt, model(x, training=True))
@@ -177,6 +177,10 @@ def test_bad_input_messages():
         model.fit(x[:0], y, epochs=1, verbose=0)
     with pytest.raises(FileNotFoundError):
         model.detect("/nonexistent/image.jpg")
+    with pytest.raises(ValueError, match="empty batch"):
+        model.predict(np.zeros((0, 128, 128, 3), np.uint8), verbose=0)
+    with pytest.raises(ValueError, match="empty batch"):
+        model.predict(tf.data.Dataset.from_tensor_slices(np.zeros((0, 128, 128, 3), np.float32)).batch(2), verbose=0)
 
 
 def test_evaluate_reports_coco_map_and_compile_after_load(trained, tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import keras
 
-from kdet.validation import check_image_size
+from kdet.validation import check_input_size
 
 # Darknet-53 (YOLOv3 paper, Table 1): channels and residual blocks of the five stages.
 DARKNET53_CHANNELS = (64, 128, 256, 512, 1024)
@@ -87,7 +87,7 @@ def darknet53(image_size=(416, 416), name: str = "darknet53", bn_momentum: float
 
     Reference: Redmon and Farhadi, "YOLOv3: An Incremental Improvement", 2018, Table 1.
     """
-    height, width = check_image_size(image_size, multiple_of=32)
+    height, width = check_input_size(image_size, multiple_of=32)
     inputs = keras.Input((height, width, 3), name="images")
     x = darknet_conv(inputs, 32, 3, name=f"{name}_stem", bn_momentum=bn_momentum)
     features = {}
@@ -127,7 +127,7 @@ def darknet_tiny(image_size=(416, 416), name: str = "darknet_tiny", bn_momentum:
         >>> darknet_tiny((64, 64)).output["P5"].shape
         (None, 2, 2, 1024)
     """
-    height, width = check_image_size(image_size, multiple_of=32)
+    height, width = check_input_size(image_size, multiple_of=32)
     inputs = keras.Input((height, width, 3), name="images")
     x = inputs
     features = {}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import keras
 
-from kdet.validation import check_image_size
+from kdet.validation import check_input_size
 
 EFFICIENTNET_BUILDERS = {
     "b0": "EfficientNetB0", "b1": "EfficientNetB1", "b2": "EfficientNetB2", "b3": "EfficientNetB3",
@@ -50,7 +50,7 @@ def efficientnet_backbone(variant: str = "b0", image_size=(512, 512), name: str 
     variant = str(variant).lower()
     if variant not in EFFICIENTNET_BUILDERS:
         raise ValueError(f"variant must be one of {sorted(EFFICIENTNET_BUILDERS)}; received {variant!r}.")
-    height, width = check_image_size(image_size)
+    height, width = check_input_size(image_size)
     builder = getattr(keras.applications, EFFICIENTNET_BUILDERS[variant])
     full = builder(include_top=False, weights=None, input_shape=(height, width, 3))
     names = [layer.name for layer in full.layers]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from kdet.validation import check_image_size
+from kdet.validation import check_input_size
 
 # Layers of keras.applications.MobileNetV2 giving the stride-8/16/32 features. SSDLite
 # attaches to the expansion of block 13 (stride 16) and the last layer (Sandler et al.
@@ -29,7 +29,7 @@ def mobilenet_v2(image_size=(320, 320), alpha: float = 1.0, weights=None, name: 
         >>> sorted(mobilenet_v2((128, 128)).output)
         ['P3', 'P4', 'P5']
     """
-    height, width = check_image_size(image_size)
+    height, width = check_input_size(image_size)
     base = keras.applications.MobileNetV2(input_shape=(height, width, 3), alpha=alpha, include_top=False,
                                           weights=weights)
     outputs = {level: base.get_layer(layer).output for level, layer in MOBILENET_V2_FEATURES.items()}

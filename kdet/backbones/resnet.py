@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import keras
 
-from kdet.validation import check_image_size
+from kdet.validation import check_input_size
 
 # Bottleneck blocks per stage (conv2..conv5), He et al. 2016, table 1.
 RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -84,7 +84,7 @@ def resnet_backbone(depth: int = 50, image_size=(512, 512), style: str = "torchv
         raise ValueError(f"depth must be one of {sorted(RESNET_DEPTHS)}; received {depth!r}.")
     if style not in STYLES:
         raise ValueError(f"style must be one of {sorted(STYLES)}; received {style!r}.")
-    height, width = check_image_size(image_size)
+    height, width = check_input_size(image_size)
     _, use_bias, eps = STYLES[style]
     inputs = keras.Input((height, width, 3), name="images")
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)

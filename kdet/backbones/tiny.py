@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from kdet.layers.conv_bn_act import conv_bn_act
+from kdet.validation import check_input_size
 
 # Channels of the stride-2..32 stages (C1..C5).
 TINY_CHANNELS = (16, 32, 64, 96, 128)
@@ -26,7 +27,7 @@ def tiny_backbone(image_size=(128, 128), channels=TINY_CHANNELS, name: str = "ti
         >>> sorted(model.output)
         ['P2', 'P3', 'P4', 'P5']
     """
-    inputs = keras.Input((*image_size, 3), name="images")
+    inputs = keras.Input((*check_input_size(image_size), 3), name="images")
     x = inputs
     features = {}
     for stage, filters in enumerate(channels, start=1):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keras
 
-from kdet.validation import check_image_size
+from kdet.validation import check_input_size
 
 # VGG-16 configuration "D": channels of the convs of each of the five blocks.
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -40,7 +40,7 @@ def vgg16_ssd(image_size=(300, 300), name: str = "vgg16", fc_width: int = SSD_FC
         >>> [tuple(t.shape) for t in vgg16_ssd((300, 300)).output.values()]
         [(None, 38, 38, 512), (None, 19, 19, 1024)]
     """
-    height, width = check_image_size(image_size)
+    height, width = check_input_size(image_size)
     inputs = keras.Input((height, width, 3), name="images")
     x = inputs
     features = {}

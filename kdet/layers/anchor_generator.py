@@ -194,8 +194,9 @@ class AnchorGenerator(keras.layers.Layer):
 
     def generate(self, height: int, width: int, feature_shapes=None) -> np.ndarray:
         """NumPy anchors (A, 4) for an input of ``height`` x ``width``."""
-        dummy = tf.zeros((1, int(height), int(width), 1))
-        return self.call(dummy, feature_shapes).numpy()
+        with tf.init_scope():  # eager even when first asked inside a traced function
+            dummy = tf.zeros((1, int(height), int(width), 1))
+            return self.call(dummy, feature_shapes).numpy()
 
     def compute_output_shape(self, input_shape):
         h, w = input_shape[1], input_shape[2]

@@ -3,27 +3,40 @@
 RetinaNet, EfficientDet and SSD differ in backbone, neck, head and defaults;
 the chain below is the same for all of them and lives here once:
 
-    raw pixels -> ImagePreprocessing -> network -> {"box": (B, A, 4), "cls": (B, A, C')}
+    network input -> network -> {"box": (B, A, 4), "cls": (B, A, C')}
     training:  AnchorLabelEncoder -> classification loss + box loss / num positives
-    inference: AnchorDecoder -> scores -> top-k -> CombinedNMS -> output dict
+    inference: AnchorDecoder -> clip to the image -> scores -> top-k -> CombinedNMS -> output dict
 
-``classification="sigmoid"`` (focal loss, C' = C) or ``"softmax"`` (background
+``classification = "sigmoid"`` (focal loss, C' = C) or ``"softmax"`` (background
 class at index 0 added internally, C' = C + 1, hard negative mining at
-``negative_ratio`` : 1 as in SSD, Liu et al. 2016, section 2.2).
+``negative_ratio`` : 1 as in SSD, Liu et al. 2016, section 2.2) is a class
+attribute of the architecture. ``head_output_ids`` lets a head keep all of an
+upstream checkpoint's outputs (torchvision's 91 COCO ids): the softmax runs
+over all of them, then kdet's labels read their own columns.
+
+Anchors depend on the network canvas; they are generated once per canvas
+size (a NumPy constant at trace time), so "min_max" models whose canvas
+follows the image get the right anchors for every image size.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from kdet.config import NMSConfig
 from kdet.detector import Detector
 from kdet.layers.anchor_decoder import AnchorDecoder
 from kdet.layers.anchor_generator import AnchorGenerator
-from kdet.layers.image_preprocessing import ImagePreprocessing
+from kdet.layers.combined_nms import CombinedNMS
+from kdet.ops.boxes import clip_boxes
 from kdet.targets.anchor_labeler import AnchorLabelEncoder
 from kdet.targets.box_matcher import BACKGROUND, IGNORE
+from kdet.validation import check_positive_int, check_probability
 
 
 def per_anchor(loss_fn, y_true, y_pred):
@@ -34,78 +47,143 @@ def per_anchor(loss_fn, y_true, y_pred):
     return values
 
 
-def _operates_on_boxes(loss_fn) -> bool:
+def operates_on_boxes(loss_fn) -> bool:
     """IoU-family losses compare decoded boxes, the others compare encoded deltas."""
     from kdet.losses import IoULoss
 
     return isinstance(loss_fn, IoULoss) or getattr(loss_fn, "operates_on_boxes", False)
 
 
-class SingleStageDetector(Detector):
-    """Base of dense anchor-based detectors (see the module docstring).
+def clip_to_valid(boxes, frame):
+    """Clips xyxy network-pixel boxes (B, ..., 4) to each image's region of the canvas (torchvision's rule)."""
+    return clip_boxes(boxes, frame["valid_hw"][:, 0], frame["valid_hw"][:, 1])
 
-    Subclasses build ``network`` (normalised images -> {"box", "cls"}) and the
-    ``AnchorGenerator`` in their ``__init__`` and pass them here.
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SingleStageConfig(NMSConfig):
+    """Settings of the dense anchor chain (see ``SingleStageDetector``).
 
     Args:
-        num_classes, bounding_box_format, image_size, class_names: see ``Detector``.
-        network: functional ``keras.Model`` on normalised images returning
-            ``{"box": (B, A, 4), "cls": (B, A, C')}``.
-        anchor_generator: the ``AnchorGenerator`` matching the network's levels.
-        feature_shapes: per-level (h, w) of the head outputs (default
-            ceil(image / stride)).
-        preprocessing: ``ImagePreprocessing`` turning raw pixels into network input.
-        classification: "sigmoid" or "softmax".
         box_variances: box-coder divisors.
         positive_threshold, negative_threshold, allow_low_quality_matches,
-        force_match_for_each_gt: matcher settings.
-        negative_ratio: hard negatives per positive for "softmax".
+        force_match_for_each_gt: the IoU matcher.
+        negative_ratio: hard negatives per positive ("softmax" heads).
         pre_nms_top_k: anchors kept (by best class score) before NMS.
         top_k_per_level: apply ``pre_nms_top_k`` to each pyramid level
             separately (RetinaNet, Lin et al. 2017, section 4: "top 1k
             predictions per level") instead of to all anchors at once.
-        nms_iou_threshold, score_threshold, max_detections, soft_nms_sigma:
-            ``CombinedNMS`` settings.
+        head_output_ids: the head's output index of each kdet label (e.g.
+            torchvision's COCO ids 1..90 for kdet's 80 labels); None: label k
+            is output k (k + 1 after a softmax head's background).
     """
 
+    box_variances: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    positive_threshold: float = 0.5
+    negative_threshold: float = 0.4
+    allow_low_quality_matches: bool = True
+    force_match_for_each_gt: bool = False
+    negative_ratio: float = 3.0
+    pre_nms_top_k: int | None = 1000
+    top_k_per_level: bool = False
+    head_output_ids: tuple[int, ...] | None = None
+
+    def validate(self):
+        super().validate()
+        if len(self.box_variances) != 4 or min(self.box_variances) <= 0:
+            raise ValueError(f"box_variances must be 4 positive numbers; received {self.box_variances}.")
+        self._set("box_variances", tuple(float(v) for v in self.box_variances))
+        check_probability("positive_threshold", self.positive_threshold)
+        check_probability("negative_threshold", self.negative_threshold)
+        if self.negative_threshold > self.positive_threshold:
+            raise ValueError(f"negative_threshold ({self.negative_threshold}) must be <= positive_threshold "
+                             f"({self.positive_threshold}).")
+        if not float(self.negative_ratio) > 0:
+            raise ValueError(f"negative_ratio must be > 0; received {self.negative_ratio!r}.")
+        if self.pre_nms_top_k is not None:
+            check_positive_int("pre_nms_top_k", self.pre_nms_top_k)
+        if self.head_output_ids is not None:
+            ids = tuple(int(i) for i in self.head_output_ids)
+            if len(ids) != self.num_classes or min(ids) < 0 or len(set(ids)) != len(ids):
+                raise ValueError(f"head_output_ids must hold {self.num_classes} distinct non-negative head indices "
+                                 f"(one per class); received {len(ids)} values.")
+            self._set("head_output_ids", ids)
+
+
+class SingleStageDetector(Detector):
+    """Base of dense anchor-based detectors (see the module docstring).
+
+    Subclasses implement ``build_network()`` returning the functional network
+    (network input -> {"box": (B, A, 4), "cls": (B, A, C')}) and its
+    ``AnchorGenerator``.
+    """
+
+    config_class = SingleStageConfig
     loss_names = ("cls_loss", "box_loss")
+    #: "sigmoid" (C outputs) or "softmax" (background + C outputs).
+    classification: ClassVar[str] = "sigmoid"
 
-    def __init__(self, num_classes, network, anchor_generator: AnchorGenerator, preprocessing: ImagePreprocessing,
-                 image_size, bounding_box_format="xyxy", class_names=None, feature_shapes=None,
-                 classification="sigmoid", box_variances=(1.0, 1.0, 1.0, 1.0), positive_threshold=0.5,
-                 negative_threshold=0.4, allow_low_quality_matches=True, force_match_for_each_gt=False,
-                 negative_ratio=3.0, pre_nms_top_k=1000, nms_iou_threshold=0.5, score_threshold=0.05,
-                 max_detections=100, soft_nms_sigma=0.0, top_k_per_level=False, **kwargs):
-        super().__init__(num_classes, bounding_box_format=bounding_box_format, image_size=image_size,
-                         class_names=class_names, **kwargs)
-        from kdet.layers import CombinedNMS
+    def build_network(self) -> tuple[keras.Model, AnchorGenerator]:
+        raise TypeError(f"{type(self).__name__} must implement build_network().")
 
-        if classification not in ("sigmoid", "softmax"):
-            raise ValueError(f"classification must be 'sigmoid' or 'softmax'; received {classification!r}.")
-        self.network = network
-        self.preprocessing = preprocessing
-        self.anchor_generator = anchor_generator
-        self.classification = classification
-        self.anchors = anchor_generator.generate(*self.image_size, feature_shapes=feature_shapes)
-        shapes = feature_shapes or anchor_generator.feature_shapes(*self.image_size)
-        self._level_counts = [int(h * w * a) for (h, w), a in zip(shapes, anchor_generator.anchors_per_location)]
-        self.top_k_per_level = bool(top_k_per_level)
-        expected = (None, len(self.anchors), num_classes + (classification == "softmax"))
-        cls_shape = tuple(network.output["cls"].shape)
-        if cls_shape[1:] != expected[1:]:
-            raise ValueError(
-                f"The network's 'cls' output has shape {cls_shape} but {len(self.anchors)} anchors and "
-                f"{num_classes} classes ({classification}) need {expected}."
-            )
-        self.encoder = AnchorLabelEncoder(positive_threshold, negative_threshold, allow_low_quality_matches,
-                                          force_match_for_each_gt, box_variances)
-        self.decoder = AnchorDecoder(variances=box_variances, name="anchor_decoder")
-        self.negative_ratio = float(negative_ratio)
-        self.pre_nms_top_k = None if pre_nms_top_k is None else int(pre_nms_top_k)
-        self.nms = CombinedNMS(max_output_size_per_class=max_detections, max_total_size=max_detections,
-                               iou_threshold=nms_iou_threshold, score_threshold=score_threshold,
-                               soft_nms_sigma=soft_nms_sigma, name="combined_nms")
-        self.built = True  # the functional network is built already: count_params() etc. work at once
+    def assemble(self):
+        cfg = self.config
+        self.network, self.anchor_generator = self.build_network()
+        self._set_untracked("_anchor_cache", {})
+        self._set_untracked("_default_feature_shapes", None)
+        if cfg.fixed_canvas:
+            self._default_feature_shapes = self.network_feature_shapes()
+            expected = (len(self.anchors), self.head_classes)
+            cls_shape = tuple(self.network.output["cls"].shape)
+            if cls_shape[1:] != expected:
+                raise ValueError(
+                    f"The network's 'cls' output has shape {cls_shape} but {len(self.anchors)} anchors and "
+                    f"{self.head_classes} outputs ({self.classification}) need (None, *{expected})."
+                )
+        self.encoder = AnchorLabelEncoder(cfg.positive_threshold, cfg.negative_threshold,
+                                          cfg.allow_low_quality_matches, cfg.force_match_for_each_gt,
+                                          cfg.box_variances)
+        self.decoder = AnchorDecoder(variances=cfg.box_variances, name="anchor_decoder")
+        self.nms = CombinedNMS(max_output_size_per_class=cfg.max_detections, max_total_size=cfg.max_detections,
+                               iou_threshold=cfg.nms_iou_threshold, score_threshold=cfg.score_threshold,
+                               soft_nms_sigma=cfg.soft_nms_sigma, name="combined_nms")
+
+    # ------------------------------------------------------------ anchors
+    @property
+    def head_classes(self) -> int:
+        """Outputs per anchor of the class head."""
+        ids = self.config.head_output_ids
+        if ids is not None:
+            return max(ids) + 1
+        return self.num_classes + (self.classification == "softmax")
+
+    def network_feature_shapes(self):
+        """Per-level (h, w) of the head outputs for the fixed canvas (default: ceil(canvas / stride))."""
+        return self.anchor_generator.feature_shapes(*self.config.image_size)
+
+    def anchors_for(self, canvas) -> np.ndarray:
+        """The (A, 4) xyxy anchors of a network canvas (height, width), cached per size."""
+        canvas = tuple(int(c) for c in canvas)
+        if canvas not in self._anchor_cache:
+            shapes = (self._default_feature_shapes if self.config.fixed_canvas and
+                      canvas == tuple(self.config.image_size) else self.anchor_generator.feature_shapes(*canvas))
+            anchors = self.anchor_generator.generate(*canvas, feature_shapes=shapes)
+            counts = [int(h * w * a) for (h, w), a in zip(shapes, self.anchor_generator.anchors_per_location)]
+            self._anchor_cache[canvas] = (anchors, counts)
+        return self._anchor_cache[canvas][0]
+
+    def level_counts(self, canvas) -> list[int]:
+        """Anchors per pyramid level of a canvas."""
+        self.anchors_for(canvas)
+        return self._anchor_cache[tuple(int(c) for c in canvas)][1]
+
+    @property
+    def anchors(self) -> np.ndarray | None:
+        """The (A, 4) xyxy anchors of the fixed canvas (None where the canvas follows the image)."""
+        return self.anchors_for(self.config.image_size) if self.config.fixed_canvas else None
+
+    def raw_anchors(self) -> np.ndarray:
+        """The (A, 4) xyxy anchors in network pixels of the fixed canvas."""
+        return self.anchors
 
     @property
     def backbone(self):
@@ -113,35 +191,46 @@ class SingleStageDetector(Detector):
         return self.network.get_layer(self._backbone_name) if hasattr(self, "_backbone_name") else None
 
     # ------------------------------------------------------------ forward
-    def raw_outputs(self, images, training=False):
+    def network_outputs(self, x, training=False):
         """{"box": (B, A, 4) deltas, "cls": (B, A, C') logits} at the network resolution."""
-        return self.network(self.preprocessing(images), training=training)
+        return self.network(x, training=training)
 
     def class_scores(self, cls_logits):
         """Per-class probabilities (B, A, C) from the logits (background dropped)."""
         cls_logits = tf.cast(cls_logits, tf.float32)
-        if self.classification == "softmax":
-            return tf.nn.softmax(cls_logits, axis=-1)[..., 1:]
-        return tf.sigmoid(cls_logits)
+        probs = tf.nn.softmax(cls_logits, axis=-1) if self.classification == "softmax" else tf.sigmoid(cls_logits)
+        ids = self.config.head_output_ids
+        if ids is not None:
+            return tf.gather(probs, list(ids), axis=-1)
+        return probs[..., 1:] if self.classification == "softmax" else probs
 
-    def postprocess(self, raw):
-        boxes = self.decoder(raw["box"], self.anchors, image_shape=self.image_size)
+    def head_targets(self, labels):
+        """kdet labels (>= 0) -> the class head's output index."""
+        ids = self.config.head_output_ids
+        if ids is not None:
+            return tf.gather(tf.constant(ids, tf.int32), tf.maximum(labels, 0))
+        return labels + 1 if self.classification == "softmax" else labels
+
+    def postprocess(self, raw, frame):
+        canvas = frame["canvas"]
+        boxes = clip_to_valid(self.decoder(raw["box"], self.anchors_for(canvas)), frame)
         scores = self.class_scores(raw["cls"])
-        top = self._pre_nms_indices(tf.reduce_max(scores, axis=-1))
+        top = self._pre_nms_indices(tf.reduce_max(scores, axis=-1), canvas)
         if top is not None:
             boxes = tf.gather(boxes, top, batch_dims=1)
             scores = tf.gather(scores, top, batch_dims=1)
         return self.nms(boxes, scores)
 
-    def _pre_nms_indices(self, best_scores):
+    def _pre_nms_indices(self, best_scores, canvas):
         """(B, K) indices of the anchors kept before NMS, or None to keep all."""
-        k = self.pre_nms_top_k
-        if k is None or k >= len(self.anchors):
+        k = self.config.pre_nms_top_k
+        counts = self.level_counts(canvas)
+        if k is None or k >= sum(counts):
             return None
-        if not self.top_k_per_level:
+        if not self.config.top_k_per_level:
             return tf.math.top_k(best_scores, k=k)[1]
         indices, start = [], 0
-        for count in self._level_counts:
+        for count in counts:
             if count > k:
                 indices.append(tf.math.top_k(best_scores[:, start:start + count], k=k)[1] + start)
             else:  # a small level keeps every anchor
@@ -151,21 +240,23 @@ class SingleStageDetector(Detector):
         return tf.concat(indices, axis=1)
 
     # ----------------------------------------------------------- training
-    def compute_losses(self, images, y, raw):
-        targets = self.encoder(self.anchors, y["boxes"], y["labels"])
+    def compute_losses(self, y, raw, frame):
+        anchors = self.anchors_for(frame["canvas"])
+        targets = self.encoder(anchors, y["boxes"], y["labels"])
         labels, positive = targets["labels"], targets["positive"]
         num_positive = tf.maximum(tf.reduce_sum(positive), 1.0)
         cls_logits = tf.cast(raw["cls"], tf.float32)
         if self.classification == "sigmoid":
-            onehot = tf.one_hot(tf.maximum(labels, -1), self.num_classes)  # -1, -2 -> all zeros
+            index = tf.where(labels >= 0, self.head_targets(labels), -1)
+            onehot = tf.one_hot(index, self.head_classes)  # -1, -2 -> all zeros
             weights = tf.cast(labels != IGNORE, tf.float32)
             cls_values = per_anchor(self.classification_loss, onehot, cls_logits)
             cls_loss = tf.reduce_sum(cls_values * weights) / num_positive
         else:
             cls_loss = self._hard_negative_softmax_loss(cls_logits, labels, positive) / num_positive
         box_pred = tf.cast(raw["box"], tf.float32)
-        if _operates_on_boxes(self.box_loss):  # IoU family: compare decoded boxes
-            decoded = self.decoder(box_pred, self.anchors)
+        if operates_on_boxes(self.box_loss):  # IoU family: compare decoded boxes
+            decoded = self.decoder(box_pred, anchors)
             box_values = per_anchor(self.box_loss, targets["matched_boxes"], decoded)
         else:
             box_values = per_anchor(self.box_loss, targets["box_targets"], box_pred)
@@ -174,11 +265,11 @@ class SingleStageDetector(Detector):
 
     def _hard_negative_softmax_loss(self, cls_logits, labels, positive):
         """Softmax cross-entropy on positives plus the hardest negatives (SSD)."""
-        target = tf.where(labels >= 0, labels + 1, 0)
+        target = tf.where(labels >= 0, self.head_targets(labels), 0)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=cls_logits)
         negative = labels == BACKGROUND
         num_neg = tf.minimum(
-            tf.cast(self.negative_ratio * tf.reduce_sum(positive, axis=1), tf.int32),
+            tf.cast(self.config.negative_ratio * tf.reduce_sum(positive, axis=1), tf.int32),
             tf.reduce_sum(tf.cast(negative, tf.int32), axis=1),
         )
         neg_ce = tf.where(negative, ce, -1.0)
@@ -186,7 +277,3 @@ class SingleStageDetector(Detector):
         rank = tf.argsort(order, axis=1)
         hard = negative & (rank < num_neg[:, None])
         return tf.reduce_sum(ce * (positive + tf.cast(hard, tf.float32)))
-
-    def raw_anchors(self) -> np.ndarray:
-        """The (A, 4) xyxy anchors in network pixels."""
-        return self.anchors

@@ -68,10 +68,17 @@ def area(boxes):
 
 
 def clip_boxes(boxes, height, width):
-    """Clips xyxy boxes (..., 4) to the image [0, width] x [0, height]."""
+    """Clips xyxy boxes (..., 4) to the image [0, width] x [0, height].
+
+    ``height`` / ``width`` are scalars, or (B,) per image for boxes (B, ..., 4).
+    """
     boxes = tf.convert_to_tensor(boxes)
     height = tf.cast(height, boxes.dtype)
     width = tf.cast(width, boxes.dtype)
+    if height.shape.rank:  # per image: (B,) -> (B, 1, ..., 1) against (B, ...) coordinates
+        extra = [1] * (boxes.shape.rank - 2)
+        height = tf.reshape(height, [-1, *extra])
+        width = tf.reshape(width, [-1, *extra])
     x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
     return tf.stack(
         [tf.clip_by_value(x1, 0.0, width), tf.clip_by_value(y1, 0.0, height),

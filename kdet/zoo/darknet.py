@@ -213,6 +213,13 @@ def _find_layer(model, name: str):
     return None
 
 
+def _model_backbone(model) -> str | None:
+    """The backbone name of a kdet YOLOV3 (None for a custom Keras backbone)."""
+    config = getattr(model, "config", None)
+    backbone = getattr(config, "backbone", None)
+    return backbone if isinstance(backbone, str) else None
+
+
 def _resolve_cfg(model, cfg):
     from kdet.zoo.registry import package_file
 
@@ -222,7 +229,7 @@ def _resolve_cfg(model, cfg):
         if cfg is not None and not os.path.isabs(cfg):
             return package_file(cfg)
     if cfg is None:
-        backbone = getattr(model, "_arguments", {}).get("backbone")
+        backbone = _model_backbone(model)
         if backbone not in PACKAGED_CFGS:
             raise ValueError(f"Pass cfg_path: kdet ships cfgs for the backbones {sorted(PACKAGED_CFGS)} only "
                              f"(the model uses {backbone!r}).")
@@ -251,14 +258,14 @@ def load_darknet_weights(model, weights_path: str | os.PathLike, cfg_path=None) 
     cfg = _resolve_cfg(model, cfg_path)
     sections = parse_cfg(cfg)
     backbone = _backbone_of(sections, cfg)
-    if getattr(model, "_arguments", {}).get("backbone") != backbone:
+    if _model_backbone(model) != backbone:
         raise ValueError(f"{cfg} describes a {backbone} YOLOv3 but the model was built with "
-                         f"backbone={model._arguments.get('backbone')!r}.")
+                         f"backbone={_model_backbone(model)!r}.")
     settings = yolo_settings(sections)
     if settings["num_classes"] != model.num_classes:
         raise ValueError(f"{cfg} has classes={settings['num_classes']} but the model has "
                          f"num_classes={model.num_classes}.")
-    model_anchors = [[tuple(map(float, a)) for a in level] for level in model.preset["anchors"]]
+    model_anchors = [[tuple(map(float, a)) for a in level] for level in model.config.anchors]
     if model_anchors != [[tuple(a) for a in level] for level in settings["anchors"]]:
         raise ValueError(f"{cfg} uses anchors {settings['anchors']} but the model was built with "
                          f"{model_anchors}; build it with anchors= from the cfg (see convert_darknet).")

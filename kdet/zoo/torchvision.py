@@ -278,19 +278,19 @@ def torchvision_ssd300(num_classes: int = 80, **kwargs):
     (0.1, 0.1, 0.2, 0.2), pixels ``x - 255 * mean``; inference as torchvision:
     score 0.01, 400 candidates per class, NMS 0.45, 200 detections.
     """
-    from kdet.layers.image_preprocessing import ImagePreprocessing
     from kdet.models.ssd import SSD
     from kdet.zoo.coco_classes import COCO_CLASSES
 
     options = dict(score_threshold=0.01, pre_nms_top_k=400, nms_iou_threshold=0.45, max_detections=200,
                    box_variances=(0.1, 0.1, 0.2, 0.2), anchor_scales=TORCHVISION_SSD300_SCALES,
-                   steps=TORCHVISION_SSD300_STEPS, clip_default_boxes=True)
+                   steps=TORCHVISION_SSD300_STEPS, clip_default_boxes=True, image_size=300,
+                   # x - 255 * mean on 0..255 pixels: torchvision's image_std of 1/255.
+                   pixel_scale=1.0, pixel_mean=tuple(m / s for m, s in zip(TORCHVISION_SSD300_MEAN,
+                                                                        TORCHVISION_SSD300_STD)))
     options.update(kwargs)
     if num_classes == 80:
         options.setdefault("class_names", list(COCO_CLASSES))
-    mean = tuple(m / s for m, s in zip(TORCHVISION_SSD300_MEAN, TORCHVISION_SSD300_STD))  # 0..255 units
-    options.setdefault("preprocessing", ImagePreprocessing((300, 300), scale=1.0, mean=mean, name="preprocessing"))
-    return SSD(num_classes, backbone="vgg16", image_size=300, **options)
+    return SSD(num_classes, backbone="vgg16", **options)
 
 
 def select_blocks(arrays: list[np.ndarray], block: int, keep: np.ndarray) -> list[np.ndarray]:
@@ -336,9 +336,9 @@ def convert_faster_rcnn(model, state_dict: Mapping[str, np.ndarray]):
         ``model``, with its weights set.
     """
     keep = class_channels(model.num_classes, background=True)
-    size = model.options["roi_output_size"]
+    size = model.config.roi_output_size
     transforms = {
-        "roi_heads_box_head_fc6": lambda arrays: chw_to_hwc_rows(arrays, model.options["fpn_width"], size),
+        "roi_heads_box_head_fc6": lambda arrays: chw_to_hwc_rows(arrays, model.config.fpn_width, size),
         "roi_heads_box_predictor_cls_score": lambda arrays: select_blocks(arrays, 1, keep),
         "roi_heads_box_predictor_bbox_pred": lambda arrays: select_blocks(arrays, 4, keep),
     }

@@ -97,8 +97,12 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 
 def test_bad_images_raise_clear_errors():
     model = tiny()
+    with pytest.raises(ValueError, match="RGB"):
+        model.predict(np.zeros((1, 128, 128, 2), np.uint8), verbose=0)
     with pytest.raises(ValueError, match="raw RGB"):
-        model.predict(np.zeros((1, 128, 128, 4), np.uint8), verbose=0)
+        model(np.zeros((1, 128, 128, 4), np.uint8))
+    rgba = model.predict(np.zeros((1, 128, 128, 4), np.uint8), verbose=0)  # alpha dropped, as detect() does
+    assert rgba["boxes"].shape == (1, 100, 4)
 
 
 @pytest.mark.slow

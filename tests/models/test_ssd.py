@@ -97,11 +97,11 @@ def test_mixed_precision_train_and_predict():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(backbone="resnet"), "Unknown SSD backbone 'resnet'"),
+    (dict(backbone="resnet"), "Unknown backbone 'resnet'"),
     (dict(aspect_ratios=((2,),)), "aspect_ratios has 1 levels but the network has 5"),
     (dict(anchor_scales=(0.1, 0.2)), "scales needs 6 values"),
     (dict(image_size=(128, 96)), "one step per level"),
-    (dict(head_depth=-1), "depth >= 0"),
+    (dict(head_depth=-1), "head_depth must be a non-negative integer"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

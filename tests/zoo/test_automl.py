@@ -105,9 +105,9 @@ def test_d0_head_outputs_match_automl(fixture, d0):
 def test_d0_from_raw_pixels_matches_automl_normalisation(fixture, d0):
     """Raw uint8 in: kdet's (x/255 - mean)/std equals automl's (x - mean_rgb)/stddev_rgb."""
     spec, ref, _ = fixture
-    normalised = np.asarray(d0.preprocessing(ref["image_uint8"][None]))[0]
+    normalised = np.asarray(d0.preprocessor(ref["image_uint8"][None]))[0]
     np.testing.assert_allclose(normalised, ref["normalized_input"], atol=1e-5)
-    np.testing.assert_allclose(np.asarray(d0.preprocessing.mean) * 255, spec["mean_rgb"], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(d0.preprocessor.mean) * 255, spec["mean_rgb"], rtol=1e-6)
     errors = max_errors(automl_layout(d0.raw_outputs(ref["image_uint8"][None]), 256), ref)
     assert max(errors.values()) < TOLERANCE, errors
 

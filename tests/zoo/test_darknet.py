@@ -82,7 +82,7 @@ def test_detections_after_conversion_are_consistent(shared_dir, tmp_path):
     weights = tmp_path / "tiny.weights"
     write_random_weights(data / "yolov3-tiny.cfg", weights, seed=1)
     model = dk.convert_darknet(data / "yolov3-tiny.cfg", weights, image_size=416)
-    assert model.class_names[:2] == ["person", "bicycle"]
+    assert list(model.class_names[:2]) == ["person", "bicycle"]
     image = np.random.default_rng(0).integers(0, 255, (1, 416, 416, 3)).astype(np.uint8)
     raw = {k: v.numpy() for k, v in model.raw_outputs(image).items()}
     scores = 1 / (1 + np.exp(-raw["obj"])) / (1 + np.exp(-raw["cls"]))

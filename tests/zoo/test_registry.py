@@ -427,7 +427,7 @@ def test_yolov3_tiny_entry_end_to_end_from_a_local_server(shared_dir, tmp_path, 
         model = kdet.load("tiny_fake_yolo")
         tuned = kdet.load("tiny_fake_yolo", num_classes=3)
         assert server.hits["/yolov3-tiny.weights"] == 1
-    assert model.class_names[:2] == ["person", "bicycle"] and tuned.class_names is None
+    assert list(model.class_names[:2]) == ["person", "bicycle"] and tuned.class_names is None
     reference = registry.build(real)
     load_darknet_weights(reference, weights, real)
     for a, b in zip(model.weights, reference.weights):

@@ -82,7 +82,7 @@ def test_retinanet_head_parity(retinanet):
     expected_cls = ref["cls_logits"][:, np.asarray(COCO_CATEGORY_IDS)]
     assert relative_error(np.asarray(raw["cls"][0])[rows], expected_cls) <= TOLERANCE
     # The preprocessing reproduces torchvision's normalisation of the raw image.
-    normalized = model.preprocessing(ref["image_uint8"][None].astype("float32"))
+    normalized = model.preprocessor(ref["image_uint8"][None].astype("float32"))
     np.testing.assert_allclose(normalized[0], ref["normalized_input"], atol=1e-4)
 
 
@@ -118,7 +118,7 @@ def test_ssd300_head_parity(shared_dir):
     raw = model.network(ref["normalized_input"][None], training=False)
     assert relative_error(raw["box"][0], ref["bbox_regression"]) <= TOLERANCE
     assert relative_error(raw["cls"][0], ref["cls_logits"][:, class_channels(80, background=True)]) <= TOLERANCE
-    normalized = model.preprocessing(ref["image_uint8"][None].astype("float32"))
+    normalized = model.preprocessor(ref["image_uint8"][None].astype("float32"))
     np.testing.assert_allclose(normalized[0], ref["normalized_input"], atol=1e-3)
 
 

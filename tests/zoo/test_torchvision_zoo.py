@@ -146,7 +146,7 @@ def test_registered_80_class_softmax_entries_match_at_head_level(name, kdet_home
     (kdet_home / file_name).write_bytes(data)
     model = kdet.load(name, weights=kdet_home / file_name, **dict(case.overrides))  # converted on the fly
     assert not (kdet_home / "converted").exists()
-    assert model.num_classes == 80 and model.class_names[:2] == ["person", "bicycle"]
+    assert model.num_classes == 80 and list(model.class_names[:2]) == ["person", "bicycle"]
     assert head_error(name, model, ref) <= TOLERANCE
     if name.startswith("fasterrcnn"):  # the 80-class box head: background + the 80 used ids
         cls, _ = model.box_head_outputs(model.network(ref["normalized_input"][None], training=False),

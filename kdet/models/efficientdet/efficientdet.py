@@ -8,19 +8,19 @@ RetinaNet (shared ``SingleStageDetector`` decoder, per-level top-k, NMS).
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any
 
 import keras
 import tensorflow as tf
 
-from kdet.models.retinanet.pyramid import (
-    ANCHOR_SCALE, NUM_SCALES, anchor_heads, build_backbone, check_level_image_size, deserialize_backbone,
-    pyramid_anchor_generator, serialize_backbone,
-)
-from kdet.models.retinanet.retinanet import RETINANET_INFERENCE, _split_options
+from kdet.backbones.factory import build_backbone, default_normalization
+from kdet.config import SCRATCH_RECIPE, TrainingRecipe, keras_field
+from kdet.models.retinanet.pyramid import (ANCHOR_SCALE, PyramidConfig, anchor_heads, config_anchor_generator,
+                                           pyramid_levels)
 from kdet.models.single_stage import SingleStageDetector
 from kdet.necks.bifpn import FUSION_METHODS, bifpn
-from kdet.validation import check_positive_int
+from kdet.validation import check_image_size, check_positive_int
 
 # Compound scaling, automl efficientdet/hparams_config.py (efficientdet_model_param_dict)
 # and Tan et al. 2020, table 1: backbone, input size, BiFPN width / depth, box-class repeats.
@@ -81,82 +81,101 @@ class EfficientDetHuberLoss(keras.losses.Loss):
         return config
 
 
+# Tan et al. 2020 sec. 5 / automl: SGD 0.08 at 64 images, weight decay 4e-5, cosine.
+EFFICIENTDET_RECIPE = TrainingRecipe("sgd", 0.08, 64, 4e-5, 0.9, 1000,
+                                     "Tan et al. 2020 sec. 5 / automl: SGD 0.08 at 64 images, wd 4e-5, cosine")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EfficientDetConfig(PyramidConfig):
+    """EfficientDet's settings (see ``PyramidConfig`` and ``SingleStageConfig`` for the shared ones).
+
+    Args:
+        variant: "d0" .. "d7": sets backbone, image size, BiFPN width / depth,
+            head depth and fusion from :data:`EFFICIENTDET_VARIANTS`.
+        backbone: None (the variant's), "tiny" (also the small :data:`TINY`
+            settings), another backbone name or a ``keras.Model``.
+        fpn_depth, weight_method: BiFPN repeats and fusion (None: the variant's).
+        bn_momentum: of the BiFPN and head batch norms (0.99; tiny 0.9).
+    """
+
+    variant: str = "d0"
+    backbone: Any = keras_field(None)
+    fpn_depth: int | None = None
+    weight_method: str | None = None
+    bn_momentum: float | None = None
+    anchor_scale: float | None = None
+    aspect_ratios: tuple[float, ...] = AUTOML_ASPECT_RATIOS
+
+    def resolve(self):
+        variant = str(self.variant).lower()
+        if variant not in EFFICIENTDET_VARIANTS:
+            raise ValueError(f"Unsupported EfficientDet variant {self.variant!r}; expected one of "
+                             f"{sorted(EFFICIENTDET_VARIANTS)}.")
+        self._set("variant", variant)
+        preset = {"weight_method": "fastattn", "anchor_scale": ANCHOR_SCALE, "bn_momentum": 0.99,
+                  **EFFICIENTDET_VARIANTS[variant]}
+        if self.backbone is None:
+            self._set("backbone", preset["backbone"])
+        if self.is_tiny():
+            preset.update(TINY)
+        self.fill({k: v for k, v in preset.items() if k != "backbone"})
+
+    def validate(self):
+        super().validate()
+        check_positive_int("fpn_depth", self.fpn_depth)
+        coarsest = 2 ** int(self.max_level)  # the BiFPN resamples exact 2x maps down to P{max_level}
+        if self.fixed_canvas:
+            check_image_size(self.image_size, multiple_of=coarsest)
+        elif self.resize == "min_max" and self.size_divisible % coarsest:
+            raise ValueError(f"size_divisible must be a multiple of {coarsest} (the P{self.max_level} stride); "
+                             f"received {self.size_divisible}.")
+        if self.weight_method not in FUSION_METHODS:
+            raise ValueError(f"weight_method must be one of {FUSION_METHODS}; received {self.weight_method!r}.")
+
+
 @keras.saving.register_keras_serializable(package="kdet")
 class EfficientDet(SingleStageDetector):
     """EfficientDet (Tan et al. 2020, https://arxiv.org/abs/1911.09070).
 
     Args:
         num_classes: number of object classes.
-        variant: "d0" .. "d7": sets backbone, image size, BiFPN width / depth,
-            head depth and fusion from :data:`EFFICIENTDET_VARIANTS`.
-        backbone: override the variant's backbone: "tiny", "efficientnet_b0".."b7",
-            "resnet50", or a ``keras.Model`` returning {"P3", "P4", "P5"}.
-            "tiny" also applies the small :data:`TINY` settings.
-        image_size: network input, a multiple of 128 (the P7 stride).
-        fpn_width, fpn_depth, head_depth, weight_method: override the variant.
-        min_level, max_level: pyramid levels (P3-P7).
-        anchor_scale, num_scales, aspect_ratios: anchors (automl: 4, 3, (1, 0.5, 2) as h / w).
-        anchor_generator: an ``AnchorGenerator`` replacing the anchor settings.
-        bn_momentum: of the BiFPN and head batch norms (0.99; tiny 0.9).
-        **kwargs: ``SingleStageDetector`` options (``soft_nms_sigma`` > 0 for
-            soft-NMS, ``score_threshold``, ``max_detections``, ...).
+        variant: "d0" .. "d7" (see ``EfficientDetConfig``).
+        **settings: every field of ``EfficientDetConfig``: ``backbone``,
+            ``image_size`` (a multiple of 128, the P7 stride), ``resize``
+            ("pad" is automl's rule), ``fpn_width``, ``fpn_depth``,
+            ``head_depth``, ``weight_method``, levels, anchors (automl: 4, 3,
+            (1, 0.5, 2) as h / w), ``bn_momentum``, and the shared settings
+            (``soft_nms_sigma`` > 0 for soft-NMS, ``score_threshold``, ...).
 
     Example:
         >>> model = EfficientDet(3, backbone="tiny", image_size=128)
         >>> model.compile()   # focal (gamma 1.5) + Huber (delta 0.1, weight 50)
     """
 
-    def __init__(self, num_classes: int, variant: str = "d0", backbone=None, image_size=None,
-                 bounding_box_format: str = "xyxy", class_names: Sequence[str] | None = None,
-                 fpn_width: int | None = None, fpn_depth: int | None = None, head_depth: int | None = None,
-                 weight_method: str | None = None, min_level: int = 3, max_level: int = 7,
-                 anchor_scale: float | None = None, num_scales: int = NUM_SCALES,
-                 aspect_ratios: Sequence[float] = AUTOML_ASPECT_RATIOS, anchor_generator=None,
-                 bn_momentum: float | None = None, **kwargs):
-        check_positive_int("num_classes", num_classes)
-        variant = str(variant).lower()
-        if variant not in EFFICIENTDET_VARIANTS:
-            raise ValueError(f"Unsupported EfficientDet variant {variant!r}; expected one of "
-                             f"{sorted(EFFICIENTDET_VARIANTS)}.")
-        backbone = deserialize_backbone(backbone)
-        preset = {"weight_method": "fastattn", "anchor_scale": ANCHOR_SCALE, "bn_momentum": 0.99,
-                  **EFFICIENTDET_VARIANTS[variant]}
-        if isinstance(backbone, str) and backbone.lower() == "tiny":
-            preset.update(TINY)
-        given = dict(image_size=image_size, fpn_width=fpn_width, fpn_depth=fpn_depth, head_depth=head_depth,
-                     weight_method=weight_method, anchor_scale=anchor_scale, bn_momentum=bn_momentum)
-        cfg = {k: preset[k] if v is None else v for k, v in given.items()}
-        if cfg["weight_method"] not in FUSION_METHODS:
-            raise ValueError(f"weight_method must be one of {FUSION_METHODS}; received {cfg['weight_method']!r}.")
-        image_size = check_level_image_size(cfg["image_size"], max_level)
-        for key in ("fpn_width", "fpn_depth", "head_depth"):
-            check_positive_int(key, cfg[key])
-        if isinstance(anchor_generator, dict):
-            anchor_generator = keras.saving.deserialize_keras_object(anchor_generator)
-        anchors = anchor_generator or pyramid_anchor_generator(
-            min_level, max_level, cfg["anchor_scale"], num_scales, aspect_ratios, offset=0.5, order="scale_major")
-        options = _split_options(kwargs, RETINANET_INFERENCE)
+    config_class = EfficientDetConfig
+    classifier_layers = ("cls_pred",)
+    # Depthwise convolutions: TensorFlow's graph kernels run EfficientDet about 10x faster than XLA:CPU.
+    xla_on_cpu = False
 
-        backbone_model, preprocessing = build_backbone(preset["backbone"] if backbone is None else backbone,
-                                                       image_size)
-        inputs = keras.Input((*image_size, 3), name="images")
-        pyramid = bifpn(backbone_model(inputs), min_level, max_level, cfg["fpn_width"], cfg["fpn_depth"],
-                        weight_method=cfg["weight_method"], bn_momentum=cfg["bn_momentum"])
-        levels = [pyramid[f"P{lvl}"] for lvl in range(min_level, max_level + 1)]
-        heads = anchor_heads(levels, anchors.num_anchors_per_location, num_classes, cfg["head_depth"],
-                             cfg["fpn_width"], separable=True, norm="batch", activation="swish",
-                             bn_momentum=cfg["bn_momentum"], kernel_std=HEAD_KERNEL_STD)
-        network = keras.Model(inputs, heads, name="network")
-        super().__init__(num_classes, network, anchors, preprocessing, image_size,
-                         bounding_box_format=bounding_box_format, class_names=class_names, **options, **kwargs)
+    def __init__(self, num_classes: int, variant: str = "d0", **settings):
+        super().__init__(num_classes=num_classes, variant=variant, **settings)
+
+    def default_pixel_normalization(self) -> dict:
+        return default_normalization(self.config.backbone)
+
+    def build_network(self):
+        cfg = self.config
+        backbone_model, _ = build_backbone(cfg.backbone, self.network_input_shape)
+        inputs = keras.Input((*self.network_input_shape, 3), name="images")
+        pyramid = bifpn(backbone_model(inputs), cfg.min_level, cfg.max_level, cfg.fpn_width, cfg.fpn_depth,
+                        weight_method=cfg.weight_method, bn_momentum=cfg.bn_momentum)
+        anchors = config_anchor_generator(cfg, order="scale_major")
+        heads = anchor_heads(pyramid_levels(pyramid, cfg), anchors.num_anchors_per_location, self.head_classes,
+                             cfg.head_depth, cfg.fpn_width, separable=True, norm="batch", activation="swish",
+                             bn_momentum=cfg.bn_momentum, kernel_std=HEAD_KERNEL_STD)
         self._backbone_name = backbone_model.name
-        self.variant = variant
-        self._config = dict(
-            variant=variant, backbone=serialize_backbone(backbone), min_level=int(min_level),
-            max_level=int(max_level), num_scales=int(num_scales), aspect_ratios=[float(r) for r in aspect_ratios],
-            anchor_generator=None if anchor_generator is None else keras.saving.serialize_keras_object(anchors),
-            **{k: v for k, v in cfg.items() if k != "image_size"}, **options,
-        )
+        return keras.Model(inputs, heads, name="network"), anchors
 
     def default_box_loss(self):
         return EfficientDetHuberLoss(HUBER_DELTA, BOX_LOSS_WEIGHT)
@@ -166,7 +185,5 @@ class EfficientDet(SingleStageDetector):
 
         return FocalLoss(alpha=FOCAL_ALPHA, gamma=FOCAL_GAMMA, from_logits=True)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(self._config)
-        return config
+    def training_recipe(self) -> TrainingRecipe:
+        return SCRATCH_RECIPE if self.config.is_tiny() else EFFICIENTDET_RECIPE

@@ -16,7 +16,7 @@ from kdet.ops.boxes import clip_boxes
 from kdet.ops.nms import batched_nms
 
 
-def generate_proposals(rpn_cls, rpn_box, anchors, level_sizes: Sequence[int], image_size: Sequence[int],
+def generate_proposals(rpn_cls, rpn_box, anchors, level_sizes: Sequence[int], image_size,
                        pre_nms_top_k: int, post_nms_top_k: int, nms_threshold: float = 0.7,
                        min_size: float = 1e-3, score_threshold: float = 0.0) -> dict:
     """Turns RPN outputs into padded proposals.
@@ -26,7 +26,9 @@ def generate_proposals(rpn_cls, rpn_box, anchors, level_sizes: Sequence[int], im
         rpn_box: (B, A, 4) deltas (box-coder weights (1, 1, 1, 1)).
         anchors: (A, 4) xyxy anchors in network pixels, level-major.
         level_sizes: anchors per level (sums to A).
-        image_size: (height, width) to clip to.
+        image_size: (height, width) to clip to, or a (B, 2) tensor of each
+            image's region of the canvas (torchvision clips to the resized
+            image, not to the padded batch).
         pre_nms_top_k: candidates kept per level by objectness before NMS.
         post_nms_top_k: N, proposals kept per image after NMS.
         nms_threshold: IoU of the NMS (0.7, Ren et al. 2015 section 3.3).
@@ -42,7 +44,13 @@ def generate_proposals(rpn_cls, rpn_box, anchors, level_sizes: Sequence[int], im
     rpn_cls = tf.cast(rpn_cls, tf.float32)
     rpn_box = tf.cast(rpn_box, tf.float32)
     anchors = tf.constant(anchors, tf.float32) if not isinstance(anchors, tf.Tensor) else anchors
-    height, width = float(image_size[0]), float(image_size[1])
+    if isinstance(image_size, (tuple, list)):
+        height, width = tf.constant(float(image_size[0])), tf.constant(float(image_size[1]))
+        per_image = False
+    else:
+        image_size = tf.cast(image_size, tf.float32)
+        height, width = image_size[:, 0], image_size[:, 1]
+        per_image = True
     boxes, scores, levels = [], [], []
     start = 0
     for level, size in enumerate(level_sizes):
@@ -59,7 +67,9 @@ def generate_proposals(rpn_cls, rpn_box, anchors, level_sizes: Sequence[int], im
     valid = tf.reduce_all(wh >= min_size, axis=-1) & (scores >= score_threshold)
     # Levels never suppress each other (torchvision's batched_nms by level):
     # shift each level to its own disjoint coordinate range.
-    offset = tf.cast(levels, tf.float32)[..., None] * (max(height, width) + 1.0)
+    extent = tf.maximum(height, width) + 1.0
+    extent = extent[:, None, None] if per_image else extent
+    offset = tf.cast(levels, tf.float32)[..., None] * extent
     masked = tf.where(valid, scores, -1.0)
     idx, count = batched_nms(boxes + offset, masked, int(post_nms_top_k), nms_threshold, score_threshold=-0.5)
     keep = tf.range(int(post_nms_top_k))[None] < count[:, None]

@@ -1,28 +1,23 @@
-"""Pieces RetinaNet and EfficientDet share: backbone choice, pyramid anchors, heads, config plumbing.
+"""Pieces RetinaNet and EfficientDet share: the pyramid config, anchors and class/box subnets.
 
-Both are "backbone -> pyramid P3..P7 -> shared class/box subnets -> 9
+Both are "backbone -> pyramid P3..P7 -> shared class / box subnets -> 9
 anchors per location" detectors; they differ only in the neck and the
-defaults, so everything else is assembled here once.
+defaults, so the config fields and the anchor / head assembly live here once.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
+import dataclasses
+from typing import Any, Sequence
 
 import keras
 
-from kdet.backbones.efficientnet import EFFICIENTNET_BUILDERS, efficientnet_backbone
-from kdet.backbones.resnet import resnet_backbone
-from kdet.backbones.tiny import tiny_backbone
+from kdet.config import keras_field
 from kdet.heads.dense import dense_head, prior_bias
 from kdet.layers.anchor_generator import AnchorGenerator
-from kdet.layers.image_preprocessing import ImagePreprocessing
-from kdet.validation import check_image_size
+from kdet.models.single_stage import SingleStageConfig
+from kdet.validation import check_image_size, check_positive_int
 
-# ImageNet statistics of torchvision and automl (mean_rgb / stddev_rgb divided by 255).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Lin et al. 2017 (RetinaNet), section 4, and automl's anchors.py: 3 octave scales,
 # anchor side = anchor_scale * stride * 2^(i/3) with anchor_scale 4 (32 px on P3 .. 512 px on P7).
 ANCHOR_SCALE = 4.0
@@ -31,40 +26,56 @@ NUM_SCALES = 3
 PRIOR_PROBABILITY = 0.01
 
 
-def backbone_names() -> list[str]:
-    """Backbone names the builders accept."""
-    return ["tiny", "resnet50", "resnet101"] + [f"efficientnet_{v}" for v in EFFICIENTNET_BUILDERS]
-
-
-def build_backbone(backbone, image_size) -> tuple[keras.Model, ImagePreprocessing]:
-    """Resolves a backbone name or model into (feature model, matching preprocessing).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PyramidConfig(SingleStageConfig):
+    """Settings shared by RetinaNet and EfficientDet (pyramid levels, anchors, heads).
 
     Args:
-        backbone: "tiny", "resnet50", "resnet101", "efficientnet_b0".."b7", or a
-            ``keras.Model`` mapping normalised images to {"P3": ..., "P5": ...}.
-        image_size: (height, width) of the network input.
-
-    Returns:
-        The backbone model and the ``ImagePreprocessing`` that turns raw
-        0..255 pixels into its input (ImageNet mean/std for the ImageNet
-        architectures, ``x / 255`` for "tiny" and custom models).
+        backbone: a name of ``kdet.backbones.factory`` or a ``keras.Model``.
+        min_level, max_level: pyramid levels (P3-P7).
+        fpn_width, head_depth: neck / subnet channels and subnet depth
+            (None: the preset of the backbone).
+        anchor_scale, num_scales, aspect_ratios: anchors of side
+            ``anchor_scale * stride * 2^(i / num_scales)``, ratios h / w.
+        anchor_generator: an ``AnchorGenerator`` replacing the three above.
     """
-    size = check_image_size(image_size)
-    imagenet = ImagePreprocessing(size, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="preprocessing")
-    if isinstance(backbone, keras.Model):
-        outputs = backbone.output
-        if not isinstance(outputs, dict) or not any(str(k).startswith("P") for k in outputs):
-            raise ValueError("A backbone model must return a dict of pyramid features {'P3': ..., 'P5': ...}; "
-                             f"received outputs {type(outputs).__name__}.")
-        return backbone, ImagePreprocessing(size, name="preprocessing")
-    name = str(backbone).lower()
-    if name == "tiny":
-        return tiny_backbone(size), ImagePreprocessing(size, name="preprocessing")
-    if name in ("resnet50", "resnet101"):
-        return resnet_backbone(int(name[6:]), size), imagenet
-    if name.startswith("efficientnet_") and name[13:] in EFFICIENTNET_BUILDERS:
-        return efficientnet_backbone(name[13:], size), imagenet
-    raise ValueError(f"Unknown backbone {backbone!r}; expected one of {backbone_names()} or a keras.Model.")
+
+    backbone: Any = keras_field("resnet50")
+    min_level: int = 3
+    max_level: int = 7
+    fpn_width: int | None = None
+    head_depth: int | None = None
+    anchor_scale: float = ANCHOR_SCALE
+    num_scales: int = NUM_SCALES
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_generator: Any = keras_field(None)
+    pre_nms_top_k: int | None = 1000
+    top_k_per_level: bool = True
+
+    def validate(self):
+        super().validate()
+        if not 1 <= self.min_level <= self.max_level:
+            raise ValueError(f"need 1 <= min_level <= max_level; received {self.min_level}, {self.max_level}.")
+        for key in ("fpn_width", "head_depth", "num_scales"):
+            check_positive_int(key, getattr(self, key))
+        self._set("aspect_ratios", tuple(float(r) for r in self.aspect_ratios))
+        self._set("anchor_scale", float(self.anchor_scale))
+        if self.image_size is not None and self.fixed_canvas:
+            check_image_size(self.image_size, multiple_of=2 ** min(int(self.max_level), 5))
+        if self.resize == "min_max" and self.size_divisible % 2 ** min(int(self.max_level), 5):
+            raise ValueError(f"size_divisible must be a multiple of {2 ** min(int(self.max_level), 5)}; "
+                             f"received {self.size_divisible}.")
+
+    def is_tiny(self) -> bool:
+        return isinstance(self.backbone, str) and self.backbone.lower() == "tiny"
+
+    def fill(self, preset: dict) -> None:
+        """Sets every field left None from ``preset`` (image_size only for fixed-canvas rules)."""
+        for key, value in preset.items():
+            if key == "image_size" and self.resize in ("min_max", "none"):
+                continue
+            if key in self.__dataclass_fields__ and getattr(self, key) is None:
+                self._set(key, value)
 
 
 def pyramid_anchor_generator(min_level: int = 3, max_level: int = 7, anchor_scale: float = ANCHOR_SCALE,
@@ -88,6 +99,17 @@ def pyramid_anchor_generator(min_level: int = 3, max_level: int = 7, anchor_scal
     )
 
 
+def config_anchor_generator(cfg: PyramidConfig, order: str) -> AnchorGenerator:
+    """The config's ``anchor_generator``, or the pyramid anchors of its settings."""
+    anchors = cfg.anchor_generator or pyramid_anchor_generator(
+        cfg.min_level, cfg.max_level, cfg.anchor_scale, cfg.num_scales, cfg.aspect_ratios, offset=0.5, order=order)
+    levels = cfg.max_level - cfg.min_level + 1
+    if len(anchors.strides) != levels:
+        raise ValueError(f"anchor_generator has {len(anchors.strides)} levels; P{cfg.min_level}-P{cfg.max_level} "
+                         f"needs {levels}.")
+    return anchors
+
+
 def anchor_heads(levels: Sequence, num_anchors: int, num_classes: int, depth: int, width: int,
                  separable: bool = False, norm: str | None = None, activation: str = "relu",
                  bn_momentum: float = 0.99, kernel_std: float | None = 0.01) -> dict:
@@ -108,17 +130,5 @@ def anchor_heads(levels: Sequence, num_anchors: int, num_classes: int, depth: in
     return {"box": box, "cls": cls}
 
 
-def check_level_image_size(image_size, max_level: int) -> tuple[int, int]:
-    """The image must divide by the coarsest stride 2^max_level (the pyramid adds exact 2x maps)."""
-    return check_image_size(image_size, multiple_of=2 ** int(max_level))
-
-
-def serialize_backbone(backbone):
-    """Backbone argument as stored in ``get_config`` (names stay names)."""
-    return keras.saving.serialize_keras_object(backbone) if isinstance(backbone, keras.Model) else backbone
-
-
-def deserialize_backbone(backbone):
-    return keras.saving.deserialize_keras_object(backbone) if isinstance(backbone, dict) else backbone
-
-
+def pyramid_levels(pyramid: dict, cfg: PyramidConfig) -> list:
+    return [pyramid[f"P{lvl}"] for lvl in range(cfg.min_level, cfg.max_level + 1)]

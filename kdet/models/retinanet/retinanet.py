@@ -3,37 +3,56 @@
 backbone C3-C5 -> FPN P3-P7 -> shared class / box subnets (4 x conv3x3-ReLU,
 256 channels) -> 9 anchors per location -> focal loss + smooth-L1 (training),
 per-level top-k + class-aware NMS (inference). Everything but the network
-lives in ``SingleStageDetector``.
+lives in ``SingleStageDetector``; the settings are ``RetinaNetConfig``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
 
 import keras
 
+from kdet.backbones.factory import build_backbone, default_normalization
+from kdet.config import SCRATCH_RECIPE, TrainingRecipe
 from kdet.layers.anchor_generator import DEFAULT_ASPECT_RATIOS, RETINANET_SIZES, AnchorGenerator
-from kdet.models.retinanet.pyramid import (
-    ANCHOR_SCALE, NUM_SCALES, anchor_heads, build_backbone, deserialize_backbone, pyramid_anchor_generator,
-    serialize_backbone,
-)
+from kdet.models.retinanet.pyramid import (PyramidConfig, anchor_heads, config_anchor_generator,
+                                           pyramid_levels)
 from kdet.models.single_stage import SingleStageDetector
 from kdet.necks.fpn import fpn
-from kdet.validation import check_image_size, check_positive_int
 
 # Full-size settings, Lin et al. 2017 section 4 / torchvision retinanet_resnet50_fpn.
 FULL = {"image_size": 512, "fpn_width": 256, "head_depth": 4}
 # The tiny configuration (backbone="tiny"): narrow and shallow so it trains on CPU in minutes.
 TINY = {"image_size": 128, "fpn_width": 48, "head_depth": 2}
-# The options forwarded to SingleStageDetector and stored in get_config.
-SINGLE_STAGE_OPTIONS = (
-    "positive_threshold", "negative_threshold", "allow_low_quality_matches", "force_match_for_each_gt",
-    "box_variances", "pre_nms_top_k", "top_k_per_level", "nms_iou_threshold", "score_threshold",
-    "max_detections", "soft_nms_sigma",
-)
-# RetinaNet inference, Lin et al. 2017 section 4: top 1000 per level, score 0.05, NMS 0.5, 100 detections.
-RETINANET_INFERENCE = {"pre_nms_top_k": 1000, "top_k_per_level": True, "nms_iou_threshold": 0.5,
-                       "score_threshold": 0.05, "max_detections": 100}
+# Lin et al. 2017 sec. 4.1 / Detectron: SGD 0.01 at 16 images, weight decay 1e-4, warm-up.
+RETINANET_RECIPE = TrainingRecipe("sgd", 0.01, 16, 1e-4, 0.9, 500,
+                                  "Lin et al. 2017 sec. 4.1 / Detectron: SGD 0.01 at 16 images, wd 1e-4, warm-up")
+HEAD_NORMS = (None, "group", "batch")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetinaNetConfig(PyramidConfig):
+    """RetinaNet's settings (see ``PyramidConfig`` and ``SingleStageConfig`` for the shared ones).
+
+    Args:
+        extra_from: P6 from the FPN's P5 ("output", torchvision v1) or from
+            C5 ("input", the paper and torchvision's v2).
+        head_norm: None (the paper), "group" (GroupNorm(32) after each subnet
+            conv, shared across levels: torchvision's v2 heads) or "batch".
+    """
+
+    extra_from: str = "output"
+    head_norm: str | None = None
+
+    def resolve(self):
+        self.fill(TINY if self.is_tiny() else FULL)
+
+    def validate(self):
+        super().validate()
+        if self.extra_from not in ("input", "output"):
+            raise ValueError(f"extra_from must be 'input' or 'output'; received {self.extra_from!r}.")
+        if self.head_norm not in HEAD_NORMS:
+            raise ValueError(f"head_norm must be one of {HEAD_NORMS}; received {self.head_norm!r}.")
 
 
 def torchvision_anchor_generator() -> AnchorGenerator:
@@ -52,16 +71,6 @@ def torchvision_anchor_generator() -> AnchorGenerator:
                            round_base_anchors=True, stride_from_grid=True, name="anchor_generator")
 
 
-def _split_options(kwargs: dict, defaults: dict) -> dict:
-    options = dict(defaults)
-    for key in SINGLE_STAGE_OPTIONS:
-        if key in kwargs:
-            options[key] = kwargs.pop(key)
-    if "box_variances" in options:
-        options["box_variances"] = tuple(options["box_variances"])
-    return options
-
-
 @keras.saving.register_keras_serializable(package="kdet")
 class RetinaNet(SingleStageDetector):
     """RetinaNet: FPN + focal loss (Lin et al. 2017, https://arxiv.org/abs/1708.02002).
@@ -71,22 +80,16 @@ class RetinaNet(SingleStageDetector):
         backbone: "resnet50" (default), "resnet101", "tiny", "efficientnet_b0".."b7"
             or a ``keras.Model`` returning {"P3", "P4", "P5"} features of
             ``x / 255`` images.
-        image_size: network input (int or (h, w)), a multiple of 32; default
-            512 (128 for ``backbone="tiny"``). Other input sizes are resized.
-        bounding_box_format: format of boxes in and out.
-        class_names: optional class names.
-        min_level, max_level: pyramid levels (P3-P7).
-        fpn_width, head_depth: FPN / subnet channels and subnet depth
-            (256 / 4; tiny: 48 / 2).
-        extra_from: P6 from the FPN's P5 ("output", torchvision) or from C5
-            ("input", the paper).
-        anchor_scale, num_scales, aspect_ratios: anchors of side
-            ``anchor_scale * stride * 2^(i / num_scales)``, ratios h / w.
-        anchor_generator: an ``AnchorGenerator`` replacing the three above
-            (e.g. :func:`torchvision_anchor_generator`).
-        **kwargs: ``SingleStageDetector`` options (matcher thresholds 0.5 /
-            0.4, ``pre_nms_top_k`` 1000 per level, ``score_threshold`` 0.05,
-            ``nms_iou_threshold`` 0.5, ``max_detections`` 100, ``soft_nms_sigma``).
+        **settings: every field of ``RetinaNetConfig``: ``image_size`` (a
+            multiple of 32; default 512, 128 for "tiny"), ``resize``,
+            ``precision``, ``bounding_box_format``, ``class_names``,
+            ``min_level``/``max_level``, ``fpn_width``/``head_depth`` (256 / 4;
+            tiny: 48 / 2), ``extra_from``, ``head_norm``, anchors
+            (``anchor_scale``, ``num_scales``, ``aspect_ratios`` or an
+            ``anchor_generator`` such as :func:`torchvision_anchor_generator`),
+            matcher thresholds (0.5 / 0.4), ``pre_nms_top_k`` (1000 per
+            level), ``score_threshold`` (0.05), ``nms_iou_threshold`` (0.5),
+            ``max_detections`` (100), ``soft_nms_sigma``.
 
     Example:
         >>> model = RetinaNet(3, backbone="tiny", image_size=128)
@@ -94,47 +97,27 @@ class RetinaNet(SingleStageDetector):
         >>> # model.fit(images, {"boxes": boxes, "labels": labels}, epochs=30)
     """
 
-    def __init__(self, num_classes: int, backbone="resnet50", image_size=None, bounding_box_format: str = "xyxy",
-                 class_names: Sequence[str] | None = None, min_level: int = 3, max_level: int = 7,
-                 fpn_width: int | None = None, head_depth: int | None = None, extra_from: str = "output",
-                 anchor_scale: float = ANCHOR_SCALE, num_scales: int = NUM_SCALES,
-                 aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS, anchor_generator=None, **kwargs):
-        check_positive_int("num_classes", num_classes)
-        backbone = deserialize_backbone(backbone)
-        preset = TINY if isinstance(backbone, str) and backbone.lower() == "tiny" else FULL
-        image_size = check_image_size(preset["image_size"] if image_size is None else image_size,
-                                      multiple_of=2 ** min(int(max_level), 5))
-        fpn_width = check_positive_int("fpn_width", preset["fpn_width"] if fpn_width is None else fpn_width)
-        head_depth = check_positive_int("head_depth", preset["head_depth"] if head_depth is None else head_depth)
-        if isinstance(anchor_generator, dict):
-            anchor_generator = keras.saving.deserialize_keras_object(anchor_generator)
-        anchors = anchor_generator or pyramid_anchor_generator(
-            min_level, max_level, anchor_scale, num_scales, aspect_ratios, offset=0.5)
-        if len(anchors.strides) != max_level - min_level + 1:
-            raise ValueError(f"anchor_generator has {len(anchors.strides)} levels; P{min_level}-P{max_level} "
-                             f"needs {max_level - min_level + 1}.")
-        options = _split_options(kwargs, RETINANET_INFERENCE)
+    config_class = RetinaNetConfig
+    classifier_layers = ("cls_pred",)
 
-        backbone_model, preprocessing = build_backbone(backbone, image_size)
-        inputs = keras.Input((*image_size, 3), name="images")
+    def __init__(self, num_classes: int, backbone="resnet50", **settings):
+        super().__init__(num_classes=num_classes, backbone=backbone, **settings)
+
+    def default_pixel_normalization(self) -> dict:
+        return default_normalization(self.config.backbone)
+
+    def build_network(self):
+        cfg = self.config
+        backbone_model, _ = build_backbone(cfg.backbone, self.network_input_shape)
+        inputs = keras.Input((*self.network_input_shape, 3), name="images")
         # torchvision pads P6/P7's stride-2 convs by 1 on each side; keep that so its weights port exactly.
-        pyramid = fpn(backbone_model(inputs), min_level, max_level, fpn_width, extra_from=extra_from,
+        pyramid = fpn(backbone_model(inputs), cfg.min_level, cfg.max_level, cfg.fpn_width, extra_from=cfg.extra_from,
                       extra_padding="symmetric")
-        levels = [pyramid[f"P{lvl}"] for lvl in range(min_level, max_level + 1)]
-        heads = anchor_heads(levels, anchors.num_anchors_per_location, num_classes, head_depth, fpn_width)
-        network = keras.Model(inputs, heads, name="network")
-        super().__init__(num_classes, network, anchors, preprocessing, image_size,
-                         bounding_box_format=bounding_box_format, class_names=class_names, **options, **kwargs)
+        anchors = config_anchor_generator(cfg, order="ratio_major")
+        heads = anchor_heads(pyramid_levels(pyramid, cfg), anchors.num_anchors_per_location, self.head_classes,
+                             cfg.head_depth, cfg.fpn_width, norm=cfg.head_norm)
         self._backbone_name = backbone_model.name
-        self._config = dict(
-            backbone=serialize_backbone(backbone), min_level=int(min_level), max_level=int(max_level),
-            fpn_width=fpn_width, head_depth=head_depth, extra_from=extra_from, anchor_scale=float(anchor_scale),
-            num_scales=int(num_scales), aspect_ratios=[float(r) for r in aspect_ratios],
-            anchor_generator=None if anchor_generator is None else keras.saving.serialize_keras_object(anchors),
-            **options,
-        )
+        return keras.Model(inputs, heads, name="network"), anchors
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(self._config)
-        return config
+    def training_recipe(self) -> TrainingRecipe:
+        return SCRATCH_RECIPE if self.config.is_tiny() else RETINANET_RECIPE

@@ -12,37 +12,23 @@ the network and the default boxes.
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any
 
 import keras
 
-from kdet.backbones.mobilenet import mobilenet_v2
-from kdet.backbones.tiny import tiny_backbone
-from kdet.backbones.vgg import vgg16_ssd
+from kdet.backbones.factory import build_backbone, canonical_name, default_normalization
+from kdet.config import SCRATCH_RECIPE, TrainingRecipe, keras_field
 from kdet.layers.anchor_generator import AnchorGenerator, ssd_anchor_shapes
-from kdet.layers.image_preprocessing import ImagePreprocessing
-from kdet.models.single_stage import SingleStageDetector
+from kdet.models.single_stage import SingleStageConfig, SingleStageDetector
 from kdet.models.ssd.head import ssd_head
 from kdet.models.ssd.presets import (BACKBONE_NAMES, PRESETS, SSD300_ASPECT_RATIOS, SSD_NMS_IOU,
                                      SSD_SCORE_THRESHOLD, SSD_VARIANCES)
 from kdet.necks.ssd_extra import L2Normalization, ssd_extra_layers
-from kdet.validation import check_image_size
+from kdet.validation import check_positive_int
 
-
-def _sources(backbone, size, preset):
-    """Backbone model and the list of its maps SSD predicts on (before the extras)."""
-    if backbone == "vgg16":
-        model = vgg16_ssd(size)
-    elif backbone == "mobilenet_v2":
-        model = mobilenet_v2(size)
-    elif backbone == "tiny":
-        model = tiny_backbone(size)
-    elif isinstance(backbone, keras.Model):
-        model = backbone
-    else:
-        raise ValueError(f"Unknown SSD backbone {backbone!r}; expected one of {BACKBONE_NAMES} or a keras.Model "
-                         "returning pyramid features {'P3', ...}.")
-    return model
+# Liu et al. 2016 sec. 3: SGD 1e-3 at 32 images, weight decay 5e-4.
+SSD_RECIPE = TrainingRecipe("sgd", 1e-3, 32, 5e-4, 0.9, 500, "Liu et al. 2016 sec. 3: SGD 1e-3 at 32, wd 5e-4")
 
 
 def default_box_shapes(image_size, aspect_ratios, min_scale=0.2, max_scale=0.9, scales=None, clip=True):
@@ -57,37 +43,92 @@ def default_box_shapes(image_size, aspect_ratios, min_scale=0.2, max_scale=0.9, 
     return [[(limit(w) * width, limit(h) * height) for w, h in level] for level in relative]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SSDConfig(SingleStageConfig):
+    """SSD's settings (see ``SingleStageConfig`` for the shared ones).
+
+    Args:
+        backbone: "vgg16", "mobilenet_v2" (SSDLite: separable extras and
+            heads), "tiny" or a ``keras.Model`` returning ``{"P3", ...}``.
+        min_scale, max_scale: default-box scale range (None: the preset's).
+        anchor_scales: explicit s_1 .. s_{m+1} instead (torchvision's SSD300:
+            0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05).
+        aspect_ratios: per level the ratios ``a`` (``a`` and ``1/a`` are used).
+        steps: per level the default-box step in pixels (centres at
+            ``(i + 0.5) * step``); None: the paper's at 300/512, else
+            round(image / feature size).
+        clip_default_boxes: bound default-box sizes by the image.
+        extras: (reduce, out, kernel, stride, pad) per extra block.
+        head_depth: hidden 3x3 conv + ReLU layers per head level before the
+            predicting conv (None: 0, the paper's head; 2 for "tiny").
+        head_width: channels of those hidden layers.
+        negative_threshold: default boxes below this IoU are background
+            (None: ``positive_threshold``, the paper's single threshold).
+    """
+
+    backbone: Any = keras_field("vgg16")
+    min_scale: float | None = None
+    max_scale: float | None = None
+    anchor_scales: tuple[float, ...] | None = None
+    aspect_ratios: tuple[tuple[float, ...], ...] | None = None
+    steps: tuple[int, ...] | None = None
+    clip_default_boxes: bool = True
+    extras: tuple[tuple[int, ...], ...] | None = None
+    head_depth: int | None = None
+    head_width: int = 64
+    box_variances: tuple[float, ...] = SSD_VARIANCES
+    negative_threshold: float | None = None
+    allow_low_quality_matches: bool = False
+    force_match_for_each_gt: bool = True
+    nms_iou_threshold: float = SSD_NMS_IOU
+    score_threshold: float = SSD_SCORE_THRESHOLD
+
+    def preset(self) -> dict:
+        name = canonical_name(self.backbone)
+        preset = dict(PRESETS[name] if name in PRESETS else PRESETS["vgg16"])
+        return preset
+
+    def resolve(self):
+        preset = self.preset()
+        if self.image_size is None:
+            self._set("image_size", preset["default_size"])
+        size = self.image_size if not isinstance(self.image_size, int) else (self.image_size,) * 2
+        if size[0] == size[1]:
+            preset.update(preset["sizes"].get(int(size[0]), {}))
+        scales = preset.get("scales", (0.2, 0.9))
+        self.fill_none(extras=preset["extras"], aspect_ratios=preset.get("aspect_ratios", SSD300_ASPECT_RATIOS),
+                       min_scale=scales[0], max_scale=scales[1], steps=preset.get("steps"),
+                       head_depth=preset.get("head_depth", 0), negative_threshold=self.positive_threshold)
+
+    def fill_none(self, **values):
+        for key, value in values.items():
+            if getattr(self, key) is None and value is not None:
+                self._set(key, value)
+
+    def validate(self):
+        super().validate()
+        if not self.fixed_canvas:
+            raise ValueError(f"SSD predicts on a fixed canvas: resize must be 'stretch', 'letterbox' or 'pad'; "
+                             f"received {self.resize!r}.")
+        check_positive_int("head_depth", self.head_depth, allow_zero=True)
+        check_positive_int("head_width", self.head_width)
+        self._set("extras", tuple(tuple(int(v) for v in e) for e in self.extras))
+        self._set("aspect_ratios", tuple(tuple(float(a) for a in level) for level in self.aspect_ratios))
+
+
 @keras.saving.register_keras_serializable(package="kdet")
 class SSD(SingleStageDetector):
     """SSD300 / SSD512 with VGG-16, SSDLite with MobileNetV2, or a tiny CPU configuration.
 
     Args:
         num_classes: object classes (background is added internally).
-        backbone: "vgg16", "mobilenet_v2" (SSDLite: separable extras and
-            heads), "tiny" or a ``keras.Model`` returning ``{"P3", ...}``.
-        image_size: int or (height, width); VGG-16 at 300 or 512 uses the
-            paper's extras, steps and scales.
-        bounding_box_format, class_names: see ``Detector``.
-        min_scale, max_scale: default-box scale range (s_min, s_max).
-        anchor_scales: explicit s_1 .. s_{m+1} instead (torchvision's SSD300:
-            0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05).
-        aspect_ratios: per level the ratios ``a`` (``a`` and ``1/a`` are used).
-        steps: per level the default-box step in pixels (centres at
-            ``(i + 0.5) * step``); default the paper's at 300/512, else
-            round(image / feature size).
-        clip_default_boxes: bound default-box sizes by the image.
-        head_depth: hidden 3x3 conv + ReLU layers per head level before the
-            predicting conv (default: 0, the paper's head; 2 for "tiny").
-        head_width: channels of those hidden layers.
-        extras: (reduce, out, kernel, stride, pad) per extra block.
-        preprocessing: an ``ImagePreprocessing``; default per backbone
-            (VGG: 0..255 minus the ImageNet mean).
-        negative_threshold: default boxes below this IoU are background
-            (default ``positive_threshold``, the paper's single threshold);
-            lower values leave an ignore band that hard-negative mining skips.
-        box_variances, positive_threshold, negative_ratio, pre_nms_top_k,
-        nms_iou_threshold, score_threshold, max_detections: see
-            ``SingleStageDetector``.
+        backbone: see ``SSDConfig``.
+        **settings: every field of ``SSDConfig``: ``image_size`` (VGG-16 at
+            300 or 512 uses the paper's extras, steps and scales), default
+            boxes, head, matcher (0.5, each GT's best default box), hard
+            negatives (3:1), ``pixel_*`` normalisation (default per backbone;
+            VGG: 0..255 minus the ImageNet mean), inference (NMS 0.45, score
+            0.01, 100 detections).
 
     Example:
         >>> model = SSD(num_classes=3, backbone="tiny", image_size=128)
@@ -97,70 +138,55 @@ class SSD(SingleStageDetector):
     Reference: Liu et al., "SSD: Single Shot MultiBox Detector", ECCV 2016.
     """
 
-    def __init__(self, num_classes: int, backbone="vgg16", image_size=None, bounding_box_format: str = "xyxy",
-                 class_names: Sequence[str] | None = None, min_scale: float | None = None,
-                 max_scale: float | None = None, anchor_scales=None, aspect_ratios=None, steps=None,
-                 clip_default_boxes: bool = True, extras=None, preprocessing=None,
-                 box_variances=SSD_VARIANCES, positive_threshold: float = 0.5, negative_ratio: float = 3.0,
-                 pre_nms_top_k: int | None = 1000, nms_iou_threshold: float = SSD_NMS_IOU,
-                 score_threshold: float = SSD_SCORE_THRESHOLD, max_detections: int = 100,
-                 negative_threshold: float | None = None, head_depth: int | None = None, head_width: int = 64,
-                 **kwargs):
-        if isinstance(backbone, dict):
-            backbone = keras.saving.deserialize_keras_object(backbone)
-        if isinstance(preprocessing, dict):
-            preprocessing = keras.saving.deserialize_keras_object(preprocessing)
-        preset = dict(PRESETS[backbone] if isinstance(backbone, str) and backbone in PRESETS else PRESETS["vgg16"])
-        size = check_image_size(preset["default_size"] if image_size is None else image_size)
-        preset.update(preset["sizes"].get(size[0], {}) if size[0] == size[1] else {})
-        extras = [tuple(e) for e in (extras if extras is not None else preset["extras"])]
-        self._ssd_arguments = dict(backbone=backbone, min_scale=min_scale, max_scale=max_scale,
-                                   anchor_scales=anchor_scales, aspect_ratios=aspect_ratios, steps=steps,
-                                   clip_default_boxes=clip_default_boxes, extras=extras,
-                                   box_variances=tuple(box_variances), positive_threshold=positive_threshold,
-                                   negative_ratio=negative_ratio, pre_nms_top_k=pre_nms_top_k,
-                                   nms_iou_threshold=nms_iou_threshold, score_threshold=score_threshold,
-                                   max_detections=max_detections, negative_threshold=negative_threshold,
-                                   head_depth=head_depth, head_width=head_width)
-        negative_threshold = positive_threshold if negative_threshold is None else negative_threshold
-        backbone_model = _sources(backbone, size, preset)
+    config_class = SSDConfig
+    classification = "softmax"
+
+    def __init__(self, num_classes: int, backbone="vgg16", **settings):
+        super().__init__(num_classes=num_classes, backbone=backbone, **settings)
+
+    @property
+    def classifier_layers(self) -> tuple[str, ...]:
+        return tuple(f"ssd_cls_l{level}" for level in range(len(self.config.aspect_ratios)))
+
+    def default_pixel_normalization(self) -> dict:
+        name = canonical_name(self.config.backbone)
+        if name in PRESETS:
+            return dict(PRESETS[name]["preprocessing"])
+        return default_normalization(self.config.backbone)
+
+    def build_network(self):
+        cfg = self.config
+        name = canonical_name(cfg.backbone)
+        preset = cfg.preset()
+        size = cfg.image_size
+        backbone_model, _ = build_backbone(cfg.backbone, size, allowed=BACKBONE_NAMES)
         inputs = keras.Input((*size, 3), name="images")
         features = backbone_model(inputs)
         levels = sorted(k for k in features if int(k[1:]) >= 3)
-        if backbone == "mobilenet_v2":
+        if name == "mobilenet_v2":
             levels = ["P4", "P5"]  # SSDLite: stride 16 expansion and the last layer
         sources = [features[k] for k in levels]
-        if backbone == "vgg16":
+        if name == "vgg16":
             sources[0] = L2Normalization(name="conv4_3_l2norm")(sources[0])
-        sources += ssd_extra_layers(sources[-1], extras, separable=preset["separable"])
+        sources += ssd_extra_layers(sources[-1], cfg.extras, separable=preset["separable"])
         feature_shapes = [tuple(int(d) for d in s.shape[1:3]) for s in sources]
-        aspect_ratios = aspect_ratios or preset.get("aspect_ratios", SSD300_ASPECT_RATIOS)
-        if len(aspect_ratios) != len(sources):
-            raise ValueError(f"aspect_ratios has {len(aspect_ratios)} levels but the network has {len(sources)} "
+        if len(cfg.aspect_ratios) != len(sources):
+            raise ValueError(f"aspect_ratios has {len(cfg.aspect_ratios)} levels but the network has {len(sources)} "
                              f"sources of sizes {feature_shapes}.")
-        default_range = preset.get("scales", (0.2, 0.9 if backbone != "mobilenet_v2" else 0.95))
-        shapes = default_box_shapes(size, aspect_ratios, min_scale or default_range[0],
-                                    max_scale or default_range[1], anchor_scales, clip_default_boxes)
-        steps = steps or preset.get("steps") or [_step(size, shape) for shape in feature_shapes]
+        shapes = default_box_shapes(size, cfg.aspect_ratios, cfg.min_scale, cfg.max_scale, cfg.anchor_scales,
+                                    cfg.clip_default_boxes)
+        steps = cfg.steps or [_step(size, shape) for shape in feature_shapes]
         counts = [len(level) for level in shapes]
-        head = dict(separable=preset["separable"], width=head_width,
-                    depth=preset.get("head_depth", 0) if head_depth is None else head_depth)
-        cls = ssd_head(sources, counts, num_classes + 1, name="ssd_cls", **head)
+        head = dict(separable=preset["separable"], width=cfg.head_width, depth=cfg.head_depth)
+        cls = ssd_head(sources, counts, self.head_classes, name="ssd_cls", **head)
         box = ssd_head(sources, counts, 4, name="ssd_box", **head)
-        network = keras.Model(inputs, {"box": box, "cls": cls}, name="network")
-        anchors = AnchorGenerator(strides=steps, anchor_shapes=shapes, offset=0.5, name="anchor_generator")
-        if preprocessing is None:
-            preprocessing = ImagePreprocessing(size, name="preprocessing", **preset["preprocessing"])
-        self._ssd_arguments["preprocessing"] = preprocessing
-        super().__init__(num_classes, network, anchors, preprocessing, size, bounding_box_format=bounding_box_format,
-                         class_names=class_names, feature_shapes=feature_shapes, classification="softmax",
-                         box_variances=box_variances, positive_threshold=positive_threshold,
-                         negative_threshold=negative_threshold, allow_low_quality_matches=False,
-                         force_match_for_each_gt=True, negative_ratio=negative_ratio, pre_nms_top_k=pre_nms_top_k,
-                         nms_iou_threshold=nms_iou_threshold, score_threshold=score_threshold,
-                         max_detections=max_detections, **kwargs)
         self._backbone_name = backbone_model.name
         self.feature_shapes = feature_shapes
+        anchors = AnchorGenerator(strides=steps, anchor_shapes=shapes, offset=0.5, name="anchor_generator")
+        return keras.Model(inputs, {"box": box, "cls": cls}, name="network"), anchors
+
+    def network_feature_shapes(self):
+        return self.feature_shapes
 
     def default_box_loss(self):
         """Smooth L1 with beta 1 on the deltas (Liu et al. 2016, eq. (2))."""
@@ -168,16 +194,8 @@ class SSD(SingleStageDetector):
 
         return SmoothL1Loss(delta=1.0)
 
-    def get_config(self):
-        config = super().get_config()
-        arguments = dict(self._ssd_arguments)
-        for key in ("backbone", "preprocessing"):
-            if isinstance(arguments[key], keras.layers.Layer):
-                if key == "backbone" and isinstance(arguments[key], str):
-                    continue
-                arguments[key] = keras.saving.serialize_keras_object(arguments[key])
-        config.update(arguments)
-        return config
+    def training_recipe(self) -> TrainingRecipe:
+        return SCRATCH_RECIPE if canonical_name(self.config.backbone) == "tiny" else SSD_RECIPE
 
 
 def _step(size, feature_shape) -> int:
