@@ -60,10 +60,23 @@ def load_path(path: pathlib.Path, weights: Any = "default", **overrides: Any):
     if overrides:
         raise ValueError(f"Builder arguments {sorted(overrides)} cannot be applied to a saved "
                          f".keras model; load it and rebuild, or use a preset directory.")
-    import keras
-
+    keras = _keras_with_kdet_classes()
     model = keras.saving.load_model(os.fspath(path), safe_mode=True)
     return _apply_weights_argument(model, weights)
+
+
+def _keras_with_kdet_classes():
+    """Returns ``keras`` once kdet's serialisable classes are registered.
+
+    Keras finds a saved class by its registered name (``kdet>RetinaNet``),
+    which exists only once the module defining it ran: a fresh process that
+    loads a kdet ``.keras`` file must import the architectures first.
+    """
+    import keras
+
+    import kdet.models  # noqa: F401 - registers every architecture and the layers, losses it uses
+
+    return keras
 
 
 def _apply_weights_argument(model, weights: Any):
@@ -116,8 +129,7 @@ def load_preset(directory: str | os.PathLike, weights: Any = "default", **overri
         if overrides:
             raise ValueError(f"Builder arguments {sorted(overrides)} need a preset with a "
                              f"'builder'; {directory} stores a serialised keras_config.")
-        import keras
-
+        keras = _keras_with_kdet_classes()
         model = keras.saving.deserialize_keras_object(config["keras_config"], safe_mode=True)
     if isinstance(weights, str) and weights == "default":
         weights_path = directory / config.get("weights", WEIGHTS_FILE)
