@@ -121,7 +121,30 @@ def test_detect_prints_tensorflow_logs_only_with_verbose(tmp_path):
         json.loads(quiet.stdout)["results"][0]["detections"]
 
 
+def test_a_failing_tensorflow_import_shows_its_logs(tmp_path):
+    """The start-up logs are hidden, not lost: when TensorFlow fails to load they explain why."""
+    fake = tmp_path / "site" / "tensorflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('import os\nos.write(2, b"E0000 fake.cc:1] cannot load libcuda\\n")\n'
+                                      'raise ImportError("fake TensorFlow is broken")\n')
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{REPO}"}
+    result = subprocess.run([*_kdet_command(), "detect", str(IMAGE), "--model", "mtcnn"], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode != 0
+    assert "E0000 fake.cc:1] cannot load libcuda" in result.stderr
+    assert "ImportError: fake TensorFlow is broken" in result.stderr
+
+
 # --- In-process ---------------------------------------------------------------
+
+def test_stderr_capture_takes_file_descriptor_2(capfd):
+    with cli._stderr_captured() as sink:
+        os.write(2, b"from C++\n")  # what TensorFlow's libraries do, below Python's sys.stderr
+        sink.seek(0)
+        captured = sink.read()
+    os.write(2, b"after\n")
+    assert captured == b"from C++\n" and capfd.readouterr().err == "after\n"
+
 
 @pytest.mark.parametrize("argv, verbose", [
     (["detect", "x.jpg", "--model", "m"], False),
