@@ -6,7 +6,7 @@
 The source model is a RetinaNet trained on the first three synthetic shapes
 (or, with --source, any saved .keras RetinaNet such as a COCO one); the
 target has new classes, so its class head starts fresh while backbone, FPN
-and box head keep the learned weights (``kdet.zoo.registry.transfer_matching_weights``).
+and box head keep the learned weights (``kdet.zoo.transfer_matching_weights``).
 """
 
 import argparse
@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 
 import kdet
-from kdet.zoo.registry import transfer_matching_weights
+from kdet.zoo import transfer_matching_weights
 
 
 def synthetic_new_classes(num_images: int, split: str):

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import importlib
 
-from kdet.errors import WeightsUnavailableError
-
-__version__ = "0.1.0"
+from kdet.errors import MissingExtraError, WeightsUnavailableError
+from kdet.version import __version__
 
 _SUBMODULES = (
     "ops", "layers", "backbones", "necks", "heads", "targets", "losses",
@@ -26,11 +25,12 @@ _SUBMODULES = (
 def load(name: str, **kwargs):
     """Loads a named zoo model, a saved ``.keras`` file or a preset directory.
 
-    See ``kdet.zoo.load`` for the arguments.
+    See ``kdet.zoo.loader.load`` for the arguments: ``weights``,
+    ``num_classes`` and builder overrides.
     """
-    from kdet.zoo import registry
+    from kdet.zoo import loader
 
-    return registry.load(name, **kwargs)
+    return loader.load(name, **kwargs)
 
 
 def list_models(pretrained: bool | None = None) -> list[str]:
@@ -55,4 +55,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'kdet' has no attribute {name!r}")
 
 
-__all__ = ["load", "list_models", "Detector", "WeightsUnavailableError", *_SUBMODULES]
+__all__ = ["load", "list_models", "Detector", "MissingExtraError", "WeightsUnavailableError", *_SUBMODULES]

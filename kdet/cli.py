@@ -13,19 +13,26 @@ file or a preset directory. Results go to stdout (JSON for detect/eval);
 expected failures (missing file, unknown model, weights unavailable offline,
 bad arguments) print one line on stderr and exit with status 2, without a
 traceback (set ``KDET_DEBUG=1`` to get one).
+
+TensorFlow's own logs (its C++ start-up lines: absl, oneDNN, CUDA probing,
+cpu_feature_guard; its Python warnings) are kept off stderr unless
+``--verbose`` is given, before or after the command's name.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
+import logging
 import os
 import pathlib
 import sys
-from typing import Any, Sequence
+import tempfile
+from typing import Any, Iterator, Sequence
 
-from kdet.errors import WeightsUnavailableError
+from kdet.errors import MissingExtraError, WeightsUnavailableError
 
 EXIT_OK, EXIT_ERROR = 0, 2
 DATA_HELP = ("dataset: coco:PATH (COCO json + images), voc:PATH (Pascal VOC folder), yolo:PATH (YOLO txt folder), "
@@ -36,7 +43,10 @@ class CLIError(Exception):
     """An expected failure: reported as one line on stderr, exit status 2."""
 
 
-_EXPECTED = (CLIError, ValueError, FileNotFoundError, NotADirectoryError, WeightsUnavailableError)
+_EXPECTED = (CLIError, ValueError, FileNotFoundError, NotADirectoryError, WeightsUnavailableError,
+             MissingExtraError)
+# Commands that never import TensorFlow (kept fast: no import to silence).
+_NO_TENSORFLOW = ("models",)
 
 
 # ----------------------------------------------------------------- models
@@ -81,34 +91,6 @@ def _as_xyxy(boxes, model, height: int, width: int):
     return np.asarray(convert_format(boxes, fmt, "xyxy", height=height, width=width))
 
 
-def draw_detections(image, boxes, scores, labels, class_names, path, landmarks=None) -> None:
-    """Saves ``image`` with its xyxy ``boxes`` (and landmarks) drawn, at the image's resolution."""
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
-    height, width = image.shape[:2]
-    figure = Figure(figsize=(width / 100, height / 100), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_axes((0, 0, 1, 1))
-    axes.imshow(image, interpolation="nearest")  # 1:1 pixels, no resampling blur
-    axes.set_axis_off()
-    colours = matplotlib.colormaps["tab10"]
-    for i, (box, score, label) in enumerate(zip(boxes, scores, labels)):
-        colour = colours(int(label) % 10)
-        x1, y1, x2, y2 = (float(v) for v in box)
-        axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2))
-        name = class_names[int(label)] if class_names and 0 <= label < len(class_names) else str(int(label))
-        axes.text(x1, y1, f"{name} {float(score):.2f}", color="white", fontsize=8, va="bottom",
-                  bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
-        if landmarks is not None:
-            axes.scatter(landmarks[i][:, 0], landmarks[i][:, 1], s=8, color=colour)
-    axes.set_xlim(0, width)
-    axes.set_ylim(height, 0)
-    figure.savefig(path, dpi=100)
-
-
 def _output_path(out_dir: pathlib.Path, image: pathlib.Path, used: set) -> pathlib.Path:
     path, n = out_dir / f"{image.stem}.png", 1
     while path in used:  # two inputs with the same stem
@@ -132,6 +114,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     from kdet.data.images import load_image
+    from kdet.visualization import draw_detections
 
     results, used = [], set()
     for image_path in images:
@@ -150,8 +133,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             record["detections"].append(item)
         if out_dir is not None:
             path = _output_path(out_dir, image_path, used)
-            draw_detections(pixels, boxes, det["scores"], det["labels"], class_names, path,
-                            det.get("landmarks"))
+            draw_detections(pixels, {**det, "boxes": boxes}, class_names, path=path)
             record["annotated"] = str(path)
         results.append(record)
     print(json.dumps({"model": args.model, "score_threshold": score, "results": results}, indent=1))
@@ -288,7 +270,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-scratch", action="store_true", help="random initial weights")
     p.add_argument("--out", metavar="PATH", help="output .keras file")
     p.set_defaults(func=cmd_train)
+    _add_verbose_flag(parser, sub)
     return parser
+
+
+def _add_verbose_flag(parser: argparse.ArgumentParser, sub) -> None:
+    """``--verbose`` before the command (``kdet --verbose detect``) or after it (``kdet detect ... -v``)."""
+    text = "show TensorFlow's logs (hidden by default)"
+    parser.add_argument("-v", "--verbose", action="store_true", help=text)
+    for command_parser in sub.choices.values():
+        # SUPPRESS: a sub-command without the flag must not reset the one given before it.
+        command_parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=text)
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[Any]:
+    """Redirects file descriptor 2 (C++ logging included) into a temporary file; yields the file."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield sink
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def quiet_tensorflow(import_now: bool = True) -> None:
+    """Keeps TensorFlow's logs off stderr for the rest of the process.
+
+    ``TF_CPP_MIN_LOG_LEVEL=3`` silences TensorFlow's C++ logging from the
+    moment absl logging is initialised; the lines written while the libraries
+    load (oneDNN, CUDA probing, cpu_feature_guard, "All log messages before
+    absl::InitializeLog() ...") go to file descriptor 2 before that, whatever
+    the variable says, so ``import tensorflow`` runs with them captured, and
+    they are printed only if the import fails. TensorFlow's Python logger is
+    set to errors only.
+
+    Args:
+        import_now: import TensorFlow now (silenced). False only sets the
+            variable and the logger, for commands that never import it.
+    """
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    if not import_now or "tensorflow" in sys.modules:
+        return
+    error, logs = None, ""
+    with _stderr_captured() as sink:
+        try:
+            import tensorflow  # noqa: F401 - imported for its side effect, silenced
+        except BaseException as caught:  # noqa: BLE001 - re-raised below, after the logs
+            error = caught
+            sink.seek(0)
+            logs = sink.read().decode(errors="replace")
+    if error is not None:
+        sys.stderr.write(logs)  # why TensorFlow failed to load is in its logs
+        raise error
 
 
 def _is_missing_kdet_module(error: ImportError) -> bool:
@@ -297,13 +336,14 @@ def _is_missing_kdet_module(error: ImportError) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``kdet`` command; returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep stderr for our own messages
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 with argparse's one-line message
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     try:
+        if not args.verbose:  # stderr is for kdet's own messages
+            quiet_tensorflow(import_now=args.command not in _NO_TENSORFLOW)
         return args.func(args)
     except BrokenPipeError:  # e.g. `kdet detect ... | head`: the reader went away
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

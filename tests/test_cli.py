@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -80,7 +81,80 @@ def test_usage_errors_exit_2():
     assert result.returncode == 2 and "invalid choice: 'onnx'" in result.stderr
 
 
+# TensorFlow's C++ logging (absl's "I0000 00:00:... file.cc:N] ..." lines) and its start-up messages.
+TF_LOG = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|oneDNN|cuda|cudnn|cpu_feature_guard|rebuild TensorFlow",
+                    re.MULTILINE | re.IGNORECASE)
+
+
+def run_kdet_as_a_user(*args: str) -> subprocess.CompletedProcess:
+    """The console script without the test environment's TF_CPP_MIN_LOG_LEVEL: kdet alone must keep TF quiet."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([*_kdet_command(), *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_models_prints_no_tensorflow_logs():
+    result = run_kdet_as_a_user("models")
+    assert result.returncode == 0 and "mtcnn" in result.stdout
+    assert result.stderr == ""
+
+
+def test_detect_prints_tensorflow_logs_only_with_verbose(tmp_path):
+    from PIL import Image
+
+    from kdet.models import RetinaNet
+
+    # score_threshold=0: the random tiny model's ~0.01 scores still give detections to print and draw.
+    RetinaNet(2, backbone="tiny", image_size=64, score_threshold=0.0, max_detections=3).save(tmp_path / "m.keras")
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(image)
+    args = ("detect", str(image), "--model", str(tmp_path / "m.keras"), "--score", "0")
+    quiet = run_kdet_as_a_user(*args, "--out", str(tmp_path / "out"))
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert len(json.loads(quiet.stdout)["results"][0]["detections"]) == 3
+    assert not TF_LOG.search(quiet.stderr), quiet.stderr
+    assert quiet.stderr == ""
+    verbose = run_kdet_as_a_user("--verbose", *args)
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    # The logs exist on this machine: their absence above is kdet's doing.
+    assert TF_LOG.search(verbose.stderr), verbose.stderr
+    assert json.loads(verbose.stdout)["results"][0]["detections"] == \
+        json.loads(quiet.stdout)["results"][0]["detections"]
+
+
+def test_a_failing_tensorflow_import_shows_its_logs(tmp_path):
+    """The start-up logs are hidden, not lost: when TensorFlow fails to load they explain why."""
+    fake = tmp_path / "site" / "tensorflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('import os\nos.write(2, b"E0000 fake.cc:1] cannot load libcuda\\n")\n'
+                                      'raise ImportError("fake TensorFlow is broken")\n')
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{REPO}"}
+    result = subprocess.run([*_kdet_command(), "detect", str(IMAGE), "--model", "mtcnn"], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode != 0
+    assert "E0000 fake.cc:1] cannot load libcuda" in result.stderr
+    assert "ImportError: fake TensorFlow is broken" in result.stderr
+
+
 # --- In-process ---------------------------------------------------------------
+
+def test_stderr_capture_takes_file_descriptor_2(capfd):
+    with cli._stderr_captured() as sink:
+        os.write(2, b"from C++\n")  # what TensorFlow's libraries do, below Python's sys.stderr
+        sink.seek(0)
+        captured = sink.read()
+    os.write(2, b"after\n")
+    assert captured == b"from C++\n" and capfd.readouterr().err == "after\n"
+
+
+@pytest.mark.parametrize("argv, verbose", [
+    (["detect", "x.jpg", "--model", "m"], False),
+    (["--verbose", "detect", "x.jpg", "--model", "m"], True),
+    (["detect", "x.jpg", "--model", "m", "-v"], True),
+    (["-v", "models"], True),
+])
+def test_verbose_flag_before_or_after_the_command(argv, verbose):
+    assert cli.build_parser().parse_args(argv).verbose is verbose
+
 
 @pytest.mark.parametrize("command", ["models", "detect", "export", "eval", "train"])
 def test_help_for_each_command(command, capsys):

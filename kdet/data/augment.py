@@ -4,7 +4,8 @@
 (``RandomFlip``, ``RandomTranslation``, ``RandomRotation``, ``RandomZoom``,
 ``RandomCrop`` with ``bounding_box_format=...``; colour layers
 ``RandomBrightness``, ``RandomContrast``, ``RandomSaturation``, ``RandomHue``)
-and keras-cv's ``Mosaic``, which Keras lacks. Scale jitter (keras-cv's
+and keras-cv's ``Mosaic``, which Keras lacks (keras-cv is optional:
+``pip install "kdet[mosaic]"``). Scale jitter (keras-cv's
 ``JitteredResize``) uses Keras ``RandomZoom`` and MixUp is written here:
 keras-cv 0.9's versions do not repeat their draws for a fixed seed under
 Keras 3 and Keras' ``MixUp`` mislabels boxes. Gamma is a two-line pixel map.
@@ -28,6 +29,7 @@ import keras
 import tensorflow as tf
 
 from kdet.data.pipeline import sanitize_boxes
+from kdet.errors import MissingExtraError
 from kdet.ops.boxes import convert_format
 from kdet.validation import check_box_format, check_image_size, check_probability
 
@@ -40,6 +42,19 @@ DEFAULT_HUE = 0.015
 DEFAULT_GAMMA = (0.8, 1.25)
 # Beta(alpha, alpha) of the MixUp ratio; keras-cv's default alpha.
 MIXUP_ALPHA = 0.2
+
+
+def _keras_cv_mosaic(seed: int, probability: float):
+    """keras-cv's ``Mosaic`` layer; keras-cv is imported here only, when Mosaic is asked for.
+
+    Raises:
+        kdet.MissingExtraError: keras-cv is not installed (kdet's ``mosaic`` extra).
+    """
+    try:
+        import keras_cv
+    except ImportError as error:
+        raise MissingExtraError(f"Augmenter(mosaic={probability})", "keras-cv", "mosaic") from error
+    return keras_cv.layers.Mosaic(bounding_box_format="xyxy", seed=seed)
 
 
 def _keras_boxes(images, boxes, labels):
@@ -107,9 +122,7 @@ class Augmenter:
         self._geometric = self._build_geometric(flip, scale, crop, translate, rotate, zoom, fill_value)
         self._colour = self._build_colour(brightness, contrast, saturation, hue)
         if self.mosaic:
-            import keras_cv
-
-            self._mosaic_layer = keras_cv.layers.Mosaic(bounding_box_format="xyxy", seed=self.seed + 101)
+            self._mosaic_layer = _keras_cv_mosaic(seed=self.seed + 101, probability=self.mosaic)
 
     # ------------------------------------------------------------ building
     def _seed(self, k: int) -> int:

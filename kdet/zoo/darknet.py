@@ -24,6 +24,8 @@ import pathlib
 
 import numpy as np
 
+from kdet.zoo.locate import package_file
+
 SUPPORTED_SECTIONS = ("net", "convolutional", "maxpool", "upsample", "route", "shortcut", "yolo")
 # The packaged cfg of each kdet backbone with a Darknet layout.
 PACKAGED_CFGS = {"darknet53": "assets/darknet/yolov3.cfg", "darknet_tiny": "assets/darknet/yolov3-tiny.cfg"}
@@ -144,8 +146,6 @@ def yolo_settings(sections: list[Section]) -> dict:
 
 
 def _backbone_of(sections: list[Section], cfg_path) -> str:
-    from kdet.zoo.registry import package_file
-
     signature = topology(sections)
     for backbone, relative in PACKAGED_CFGS.items():
         if topology(parse_cfg(package_file(relative))) == signature:
@@ -221,8 +221,6 @@ def _model_backbone(model) -> str | None:
 
 
 def _resolve_cfg(model, cfg):
-    from kdet.zoo.registry import package_file
-
     if cfg is not None and hasattr(cfg, "weights"):  # a zoo ModelEntry (converter(model, path, entry))
         options = cfg.weights.options if cfg.weights is not None else {}
         cfg = options.get("cfg")
@@ -308,7 +306,6 @@ def convert_darknet(cfg_path: str | os.PathLike, weights_path: str | os.PathLike
         >>> model = convert_darknet("yolov3-tiny.cfg", "yolov3-tiny.weights")   # doctest: +SKIP
     """
     from kdet.models.yolov3 import YOLOV3
-    from kdet.zoo.registry import package_file
 
     sections = parse_cfg(cfg_path)
     backbone = _backbone_of(sections, cfg_path)

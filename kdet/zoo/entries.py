@@ -19,6 +19,16 @@ _YOLOV3_PAPER = "Redmon & Farhadi 2018, YOLOv3: An Incremental Improvement, Tabl
 # https://pjreddie.com/darknet/yolo/ performance table (COCO test-dev mAP@0.5).
 _DARKNET_SITE = "https://pjreddie.com/darknet/yolo/ (COCO test-dev, 416x416)"
 
+# Classifier layers (timm's pretrained_cfg "classifier"): the layers whose shapes depend on the
+# number of classes, re-initialised by kdet.load(name, num_classes=n) while every other weight is kept.
+_YOLO_LEVELS = {"darknet53": (5, 4, 3), "darknet_tiny": (5, 4)}  # kdet/models/yolov3/presets.py
+_YOLO_CLASSIFIER = {backbone: tuple(f"yolo_head_p{level}_pred_conv" for level in levels)  # (5 + C) x anchors
+                    for backbone, levels in _YOLO_LEVELS.items()}
+_RETINA_CLASSIFIER = ("cls_pred",)  # RetinaNet and EfficientDet class nets
+_SSD300_CLASSIFIER = tuple(f"ssd_cls_l{level}" for level in range(6))  # SSD300: 6 feature maps
+_FASTER_RCNN_CLASSIFIER = ("roi_heads_box_predictor_cls_score",  # C + 1 logits
+                           "roi_heads_box_predictor_bbox_pred")  # class-specific boxes: 4 (C + 1)
+
 # --- Pretrained -------------------------------------------------------------
 
 register(ModelEntry(
@@ -62,6 +72,7 @@ for _name, _backbone, _text, _stem, _bytes, _metrics, _source in _DARKNET_MODELS
             sha256=None,  # not published upstream: recorded after the first download
             converter="kdet.zoo.darknet:load_darknet_weights",
             options={"cfg": f"assets/darknet/{_stem}.cfg"},
+            classifier=_YOLO_CLASSIFIER[_backbone],
         ),
         license=_DARKNET_LICENSE,
         metrics=_metrics,
@@ -95,6 +106,7 @@ for _variant, _size, _ap, _ap50, _val in _AUTOML_VARIANTS:
             sha256=None,  # not published upstream: recorded after the first download
             converter="kdet.zoo.automl:convert_automl_efficientdet",
             archive="tar",
+            classifier=_RETINA_CLASSIFIER,
         ),
         license=_AUTOML_LICENSE,
         metrics={"coco_box_AP": _ap, "coco_box_AP50": _ap50, "coco_val_box_AP": _val},
@@ -110,6 +122,8 @@ _TORCHVISION_URL = "https://download.pytorch.org/models/{}"
 _TORCHVISION_LICENSE = "BSD-3-Clause (torchvision)"
 _TORCHVISION_SOURCE = ("torchvision model documentation, Object Detection table, {}.COCO_V1 "
                        "(COCO val2017 box AP)")
+_TORCHVISION_CLASSIFIER = {"torchvision_retinanet": _RETINA_CLASSIFIER, "torchvision_ssd300": _SSD300_CLASSIFIER,
+                           "torchvision_faster_rcnn": _FASTER_RCNN_CLASSIFIER}
 _TORCHVISION_MODELS = (  # name, file, builder, builder kwargs, input size, converter, weights enum, AP, text
     ("retinanet_resnet50_fpn_coco", "retinanet_resnet50_fpn_coco-eeacb38b.pth", "torchvision_retinanet",
      {"num_classes": 80, "image_size": 800}, (800, 800), "load_retinanet_pth",
@@ -136,6 +150,7 @@ for _name, _file, _builder, _kwargs, _size, _converter, _enum, _ap, _text in _TO
             sha256_prefix=_file.rsplit("-", 1)[1].split(".")[0],
             size=None,
             converter=f"kdet.zoo.torchvision:{_converter}",
+            classifier=_TORCHVISION_CLASSIFIER[_builder],
         ),
         license=_TORCHVISION_LICENSE,
         metrics={"coco_box_AP": _ap},

@@ -12,7 +12,12 @@ A preset directory holds::
 Exactly one of ``builder`` (an import path inside the ``kdet`` package: a
 config file never imports foreign code) or ``keras_config`` (the output of
 ``keras.saving.serialize_keras_object``, deserialised with ``safe_mode=True``)
-is given. ``save_preset`` writes one; ``kdet.load(directory)`` reads it.
+is given. ``save_preset`` writes one; ``kdet.load(directory)`` reads it
+(through ``kdet.zoo.loader``, which also changes the class count if asked).
+
+Example:
+    >>> save_preset(model, "my_detector", class_names=["cat", "dog"])  # doctest: +SKIP
+    >>> load_path(pathlib.Path("my_detector")).class_names             # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import os
 import pathlib
 from typing import Any, Sequence
 
-from kdet.zoo import registry
+from kdet.zoo.locate import resolve
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -30,34 +35,24 @@ FORMAT = "kdet.preset"
 FORMAT_VERSION = 1
 
 
-def _fresh_with_classes(model, num_classes: int):
-    """Builds a new model like ``model`` but with ``num_classes`` (from its config)."""
-    config = model.get_config()
-    if "num_classes" not in config:
-        raise ValueError(f"{type(model).__name__} has no num_classes in its config; cannot "
-                         f"change it to {num_classes}.")
-    config = {**config, "num_classes": num_classes}
-    if config.get("class_names") is not None:  # the old names no longer fit
-        config["class_names"] = None
-    return registry.ensure_built(type(model).from_config(config))
+def load_path(path: pathlib.Path, weights: Any = "default", **overrides: Any):
+    """Loads a ``.keras`` file or a preset directory with its weights (see ``kdet.load``).
 
+    Args:
+        path: a ``.keras`` file saved with ``model.save`` (loaded with
+            ``safe_mode=True``) or a preset directory.
+        weights: ``"default"`` (the saved weights), None (same configuration,
+            fresh weights) or a ``.weights.h5`` file.
+        **overrides: builder arguments, for presets that store a ``builder``.
 
-def _swap_classes(model, num_classes: int | None):
-    if num_classes is None or model.get_config().get("num_classes") == num_classes:
-        return model
-    target = _fresh_with_classes(model, num_classes)
-    registry.transfer_matching_weights(model, target)
-    return target
-
-
-def load_path(path: pathlib.Path, weights: Any = "default", num_classes: int | None = None,
-              **overrides: Any):
-    """``kdet.load`` for a ``.keras`` file or a preset directory (see ``kdet.load``)."""
+    Returns:
+        The model, with the classes it was saved with.
+    """
     if not path.exists():
         raise FileNotFoundError(f"No model file or preset directory at {str(path)!r} (and "
                                 f"{path.name!r} is not a registered model name).")
     if path.is_dir():
-        return load_preset(path, weights=weights, num_classes=num_classes, **overrides)
+        return load_preset(path, weights=weights, **overrides)
     if not path.name.endswith(".keras"):
         raise ValueError(f"Cannot load {str(path)!r}: expected a .keras file (model.save) or a "
                          f"preset directory with {CONFIG_FILE}; for weights files pass "
@@ -65,18 +60,30 @@ def load_path(path: pathlib.Path, weights: Any = "default", num_classes: int | N
     if overrides:
         raise ValueError(f"Builder arguments {sorted(overrides)} cannot be applied to a saved "
                          f".keras model; load it and rebuild, or use a preset directory.")
+    keras = _keras_with_kdet_classes()
+    model = keras.saving.load_model(os.fspath(path), safe_mode=True)
+    return _apply_weights_argument(model, weights)
+
+
+def _keras_with_kdet_classes():
+    """Returns ``keras`` once kdet's serialisable classes are registered.
+
+    Keras finds a saved class by its registered name (``kdet>RetinaNet``),
+    which exists only once the module defining it ran: a fresh process that
+    loads a kdet ``.keras`` file must import the architectures first.
+    """
     import keras
 
-    model = keras.saving.load_model(os.fspath(path), safe_mode=True)
-    model = _apply_weights_argument(model, weights)
-    return _swap_classes(model, num_classes)
+    import kdet.models  # noqa: F401 - registers every architecture and the layers, losses it uses
+
+    return keras
 
 
 def _apply_weights_argument(model, weights: Any):
     if isinstance(weights, str) and weights == "default":
         return model
     if weights is None:  # architecture only: same configuration, fresh weights
-        return registry.ensure_built(type(model).from_config(model.get_config()))
+        return type(model).from_config(model.get_config())
     path = pathlib.Path(weights)
     if not path.name.endswith(".weights.h5"):
         raise ValueError(f"weights for a saved model must be 'default', None or a .weights.h5 "
@@ -111,22 +118,19 @@ def read_config(directory: str | os.PathLike) -> dict:
     return config
 
 
-def load_preset(directory: str | os.PathLike, weights: Any = "default",
-                num_classes: int | None = None, **overrides: Any):
-    """Builds the preset's model and loads its weights (see the module docstring)."""
+def load_preset(directory: str | os.PathLike, weights: Any = "default", **overrides: Any):
+    """Builds the preset's model and loads its weights (see the module docstring and ``load_path``)."""
     directory = pathlib.Path(directory)
     config = read_config(directory)
     if "builder" in config:
         kwargs = {**config.get("builder_kwargs", {}), **overrides}
-        model = registry.ensure_built(registry.resolve(config["builder"])(**kwargs))
+        model = resolve(config["builder"])(**kwargs)
     else:
         if overrides:
             raise ValueError(f"Builder arguments {sorted(overrides)} need a preset with a "
                              f"'builder'; {directory} stores a serialised keras_config.")
-        import keras
-
-        model = registry.ensure_built(
-            keras.saving.deserialize_keras_object(config["keras_config"], safe_mode=True))
+        keras = _keras_with_kdet_classes()
+        model = keras.saving.deserialize_keras_object(config["keras_config"], safe_mode=True)
     if isinstance(weights, str) and weights == "default":
         weights_path = directory / config.get("weights", WEIGHTS_FILE)
         if not weights_path.is_file():
@@ -134,7 +138,7 @@ def load_preset(directory: str | os.PathLike, weights: Any = "default",
         model.load_weights(os.fspath(weights_path))
     elif weights is not None:
         model = _apply_weights_argument(model, weights)
-    return _swap_classes(model, num_classes)
+    return model
 
 
 def save_preset(model, directory: str | os.PathLike, *, builder: str | None = None,

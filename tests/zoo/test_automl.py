@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import kdet
-from kdet.zoo import automl, converted, registry
+from kdet.zoo import automl, converted, locate, registry
 from tests.conftest import SHARED
 from tests.zoo.helpers import LocalServer, synth_weight
 
@@ -182,7 +182,7 @@ def test_entries_d0_to_d7():
         assert entry.weights.url == ("https://storage.googleapis.com/cloud-tpu-checkpoints/efficientdet/coco2/"
                                      f"efficientdet-{variant}.tar.gz")
         assert entry.weights.archive == "tar" and entry.input_size == (preset["image_size"],) * 2
-        assert registry.resolve(entry.weights.converter) is automl.convert_automl_efficientdet
+        assert locate.resolve(entry.weights.converter) is automl.convert_automl_efficientdet
         assert dict(entry.builder_kwargs) == {"num_classes": 80, "variant": variant}
         assert entry.get_class_names()[0] == "person" and 30 < entry.metrics["coco_box_AP"] < 60
         assert (repo / entry.model_card).is_file()

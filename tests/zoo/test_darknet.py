@@ -161,7 +161,7 @@ def test_voc_cfg_maps_to_darknet53_with_its_class_count(shared_dir):
 
 
 def test_packaged_assets_match_the_upstream_files(shared_dir):
-    from kdet.zoo.registry import package_file
+    from kdet.zoo.locate import package_file
 
     for name in ("yolov3.cfg", "yolov3-tiny.cfg", "coco.names", "LICENSE.darknet"):
         assert package_file(f"assets/darknet/{name}").read_bytes() == (shared_dir / "data" / "darknet" / name).read_bytes()

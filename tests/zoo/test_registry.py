@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import kdet
-from kdet.zoo import cache, converted, preset, registry
+from kdet.zoo import build, cache, converted, preset, registry, transfer
 from kdet.zoo.registry import ModelEntry, WeightsSource
 from tests.zoo.helpers import LocalServer, closed_port_url
 
@@ -39,7 +39,7 @@ class TinyDetector(keras.Model):
         inputs = keras.Input((8, 8, 3))
         x = keras.layers.Conv2D(width, 3, padding="same")(inputs)  # auto-named on purpose
         x = keras.layers.GlobalAveragePooling2D()(x)
-        x = keras.layers.Dense(6, activation="relu")(x)
+        x = keras.layers.Dense(6, activation="relu", name="hidden")(x)
         outputs = keras.layers.Dense(num_classes, name="class_head")(x)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.num_classes, self.width, self.class_names = num_classes, width, class_names
@@ -50,7 +50,7 @@ class TinyDetector(keras.Model):
 
 
 def _key(path: str) -> str:
-    return registry._canonical(path).replace("/", "__")
+    return transfer._canonical(path).replace("/", "__")
 
 
 def convert_npz(model, path, entry):
@@ -182,6 +182,8 @@ def test_entry_validation(kwargs, message):
     ({"url": "https://e.com/a", "sha256_prefix": "xyz"}, "hex digits"),
     ({"url": "https://e.com/a", "archive": "zip"}, "archive"),
     ({"kind": "ftp"}, "kind"),
+    ({"url": "https://e.com/a", "classifier": "cls_pred"}, "layer names"),
+    ({"url": "https://e.com/a", "classifier": ()}, "layer names"),
 ])
 def test_weights_source_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -320,13 +322,87 @@ def test_two_argument_converter(server):
 def test_transfer_matching_weights_across_auto_numbered_builds():
     a, b = TinyDetector(3), TinyDetector(4)
     assert a.weights[0].path != b.weights[0].path  # conv2d vs conv2d_N
-    skipped = registry.transfer_matching_weights(a, b)
+    skipped = kdet.zoo.transfer_matching_weights(a, b)
     assert skipped == ["class_head/kernel", "class_head/bias"]
     np.testing.assert_array_equal(np.asarray(b.weights[0]), np.asarray(a.weights[0]))
     other = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="zzz")])
     with pytest.raises(ValueError, match="same architecture"):
-        registry.transfer_matching_weights(a, other)
+        kdet.zoo.transfer_matching_weights(a, other)
 
+
+
+# --- Changing the class count: the classifier layers ---------------------------
+
+@keras.saving.register_keras_serializable(package="kdet_tests")
+class TinyNamedDetector(TinyDetector):
+    """Names its classifier layers, as every kdet Detector subclass does (``classifier_layers``)."""
+
+    # "hidden" keeps its shape when the classes change: naming it proves the names are used
+    # (shape matching alone would copy it).
+    classifier_layers = ("hidden", "class_head")
+
+
+def _assert_only_classifier_fresh(model, reference: dict, classifier=("hidden", "class_head")):
+    for key, value in _weights_of(model).items():
+        if key.startswith(classifier):  # fresh: a new shape, or a new random kernel (biases start at 0)
+            fresh = value.shape != reference[key].shape or not np.array_equal(value, reference[key])
+            assert fresh or key.endswith("bias"), key
+        else:
+            np.testing.assert_array_equal(value, reference[key], err_msg=key)
+
+
+def test_entry_classifier_is_reinitialised_and_everything_else_copied(server):
+    registry.register(_entry(server.url("/tiny.npz"), classifier=("hidden", "class_head")))
+    model = kdet.load(NAME, num_classes=5)
+    assert model.output_shape == (None, 5) and model.class_names is None
+    _assert_only_classifier_fresh(model, ARRAYS)
+
+
+@pytest.mark.parametrize("classifier, message", [
+    (("hidden",), r"re-initialising only \('hidden',\).*class_head/kernel \(6, 3\) vs class_head/kernel \(6, 5\)"),
+    (("class_head", "no_such_layer"), r"has no layer named \['no_such_layer'\]"),
+])
+def test_incomplete_or_wrong_classifier_fails_clearly(server, classifier, message):
+    registry.register(_entry(server.url("/tiny.npz"), classifier=classifier))
+    with pytest.raises(ValueError, match=message):
+        kdet.load(NAME, num_classes=5)
+
+
+def test_keras_file_uses_the_model_class_classifier_layers(tmp_path):
+    model = TinyNamedDetector(3)
+    model.save(tmp_path / "m.keras")
+    tuned = kdet.load(tmp_path / "m.keras", num_classes=2)
+    assert isinstance(tuned, TinyNamedDetector) and tuned.output_shape == (None, 2)
+    _assert_only_classifier_fresh(tuned, _weights_of(model))
+
+
+# One entry per architecture family (the EfficientDet variants share the class net's layer names).
+_CLASSIFIER_FAMILIES = ("yolov3_darknet53_coco", "yolov3_tiny_coco", "efficientdet_d0_coco",
+                        "retinanet_resnet50_fpn_coco", "ssd300_vgg16_coco", "fasterrcnn_resnet50_fpn_coco")
+
+
+def test_every_pretrained_entry_with_classes_names_its_classifier():
+    for name in registry.list_models(pretrained=True):
+        entry = registry.get_entry(name)
+        if "num_classes" in entry.builder_kwargs:
+            assert entry.weights.classifier, name
+            family = next(f for f in _CLASSIFIER_FAMILIES if f.split("_")[0] == name.split("_")[0])
+            assert entry.builder == registry.get_entry(family).builder, name
+
+
+@pytest.mark.parametrize("name", _CLASSIFIER_FAMILIES)
+def test_registered_classifier_layers_are_exactly_the_class_dependent_ones(name):
+    """On the real architecture: the named layers suffice, and dropping one fails."""
+    entry = registry.get_entry(name)
+    classifier = entry.weights.classifier
+    source, target = build.build(entry), build.build(entry, num_classes=3)
+    fresh = transfer.transfer_all_but_classifier(source, target, classifier)
+    assert {path.split("/")[-2] for path in fresh} == set(classifier)
+    declared = getattr(type(source), "classifier_layers", None)
+    if declared is not None:  # the Detector subclasses' own names agree with the zoo's
+        assert set(declared) == set(classifier)
+    with pytest.raises(ValueError, match="Cannot change the number of classes"):
+        transfer.transfer_all_but_classifier(source, target, classifier[:-1])
 
 # --- .keras files and preset directories ------------------------------------
 
@@ -428,7 +504,7 @@ def test_yolov3_tiny_entry_end_to_end_from_a_local_server(shared_dir, tmp_path, 
         tuned = kdet.load("tiny_fake_yolo", num_classes=3)
         assert server.hits["/yolov3-tiny.weights"] == 1
     assert list(model.class_names[:2]) == ["person", "bicycle"] and tuned.class_names is None
-    reference = registry.build(real)
+    reference = build.build(real)
     load_darknet_weights(reference, weights, real)
     for a, b in zip(model.weights, reference.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import kdet
-from kdet.zoo import converted, registry
+from kdet.zoo import converted, locate, registry
 from kdet.zoo.coco_classes import COCO_CATEGORY_IDS
 from kdet.zoo.torchvision import class_channels
 from tests.zoo.helpers import LocalServer, write_state_dict_zip
@@ -162,7 +162,7 @@ def test_entries_as_registered():
     expected = {"retinanet_resnet50_fpn_coco": ("eeacb38b", 36.4, "load_retinanet_pth", "torchvision_retinanet"),
                 "fasterrcnn_resnet50_fpn_coco": ("258fb6c6", 37.0, "load_faster_rcnn_pth", "torchvision_faster_rcnn"),
                 "ssd300_vgg16_coco": ("b556d3b4", 25.1, "load_ssd300_pth", "torchvision_ssd300")}
-    repo = registry.package_file("__init__.py").parents[1]
+    repo = locate.package_file("__init__.py").parents[1]
     assert set(expected) <= set(registry.list_models(pretrained=True))
     for name, (prefix, ap, converter, builder) in expected.items():
         entry = registry.get_entry(name)
