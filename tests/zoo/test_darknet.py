@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kdet.zoo import darknet as dk
+from tests.zoo.helpers import opencv_yolo_raw
 
 
 def write_random_weights(cfg: pathlib.Path, path: pathlib.Path, seed: int = 0, minor: int = 2) -> int:
@@ -37,14 +38,9 @@ def write_random_weights(cfg: pathlib.Path, path: pathlib.Path, seed: int = 0, m
 def opencv_and_kdet_raw(cfg: pathlib.Path, weights: pathlib.Path, image: pathlib.Path, size: int):
     """Raw head outputs (before decoding) of OpenCV's importer and of the converted kdet model."""
     cv2 = pytest.importorskip("cv2")
-    sections = dk.parse_cfg(cfg)
-    # OpenCV names layers by cfg index; the conv feeding each [yolo] layer holds the raw outputs
-    # (the yolo layer itself applies sigmoid/exp and normalises).
-    pred_convs = [f"conv_{i - 1}" for i, s in enumerate(sections[1:]) if s.type == "yolo"]
-    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
     bgr = cv2.resize(cv2.imread(str(image)), (size, size))
-    net.setInput(cv2.dnn.blobFromImage(bgr, 1 / 255.0, (size, size), swapRB=True, crop=False))
-    outputs = net.forward(pred_convs)
+    blob = cv2.dnn.blobFromImage(bgr, 1 / 255.0, (size, size), swapRB=True, crop=False)
+    outputs = opencv_yolo_raw(cfg, weights, blob)
     model = dk.convert_darknet(cfg, weights, image_size=size)
     raw = model.raw_outputs(bgr[None, :, :, ::-1].copy())
     ours = np.concatenate([raw["box"], raw["obj"], raw["cls"]], axis=-1)[0]

@@ -498,7 +498,7 @@ def test_yolov3_tiny_entry_end_to_end_from_a_local_server(shared_dir, tmp_path, 
     assert weights.stat().st_size == real.weights.size  # the published size fits the cfg
     with LocalServer({"/yolov3-tiny.weights": weights.read_bytes()}) as server:
         entry = dataclasses.replace(real, name="tiny_fake_yolo", weights=dataclasses.replace(
-            real.weights, url=server.url("/yolov3-tiny.weights")))
+            real.weights, url=server.url("/yolov3-tiny.weights"), sha256=None))
         registry.register(entry)
         model = kdet.load("tiny_fake_yolo")
         tuned = kdet.load("tiny_fake_yolo", num_classes=3)
