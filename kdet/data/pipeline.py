@@ -135,7 +135,8 @@ def masks_to_channels(masks, on_value: float = 1.0):
     rank = masks.shape.rank
     perm = list(range(rank - 3)) + [rank - 2, rank - 1, rank - 3]
     channels = tf.transpose(tf.cast(masks > 0, tf.float32) * on_value, perm)
-    return tf.concat([channels, tf.zeros_like(channels[..., :1])], axis=-1)
+    spare = tf.zeros(tf.concat([tf.shape(channels)[:-1], [1]], axis=0), tf.float32)
+    return tf.concat([channels, spare], axis=-1)
 
 
 def masks_from_channels(channels, on_value: float = 1.0):
