@@ -241,6 +241,24 @@ def _evaluate_matches(gt_key, gt_ignore, dt_key, pair_iou):
     return matched, matched_ignored
 
 
+def _grouped_detections(dt: FlatBoxes, cat_ids: np.ndarray, num_images: int, max_det: int):
+    """Detections of ground-truth categories, grouped by (category, image), best score first.
+
+    Ties keep their input order; each group is capped at ``max_det``. Returns
+    key, category index, image, boxes, scores, rank in the group and the row in ``dt``.
+    """
+    keep = np.isin(dt.labels, cat_ids)
+    rows = np.nonzero(keep)[0]
+    cat = np.searchsorted(cat_ids, dt.labels[keep])
+    image, boxes, scores = dt.image[keep], dt.boxes[keep], dt.scores[keep]
+    key = cat * num_images + image
+    order = np.lexsort((np.arange(key.size), -scores, key))
+    key, cat, image, boxes, scores, rows = (x[order] for x in (key, cat, image, boxes, scores, rows))
+    rank = np.arange(key.size) - np.searchsorted(key, key, side="left")
+    capped = rank < max_det
+    return tuple(x[capped] for x in (key, cat, image, boxes, scores, rank, rows))
+
+
 def accumulate(gt: FlatBoxes, dt: FlatBoxes, max_detections: tuple[int, ...] = COCO_MAX_DETECTIONS,
                iou_type: str = "bbox"):
     """pycocotools ``evaluate`` + ``accumulate`` on xywh rows (or their masks for ``"segm"``).
@@ -268,21 +286,8 @@ def accumulate(gt: FlatBoxes, dt: FlatBoxes, max_detections: tuple[int, ...] = C
     g_ignore = _area_outside(g_area)                                          # (A, Ng)
     npig = np.stack([np.bincount(g_cat[g_order], weights=~ig, minlength=num_k) for ig in g_ignore], 1)
 
-    # Detections of ground-truth categories, grouped, best score first within
-    # a group (ties: input order), capped at max_detections[-1] per group.
-    keep = np.isin(dt.labels, cat_ids)
-    d_rows = np.nonzero(keep)[0]
-    d_cat = np.searchsorted(cat_ids, dt.labels[keep])
-    d_image, d_boxes, d_scores = dt.image[keep], dt.boxes[keep], dt.scores[keep]
-    d_key = d_cat * num_images + d_image
-    order = np.lexsort((np.arange(d_key.size), -d_scores, d_key))
-    d_key, d_cat, d_image, d_boxes, d_scores, d_rows = (
-        x[order] for x in (d_key, d_cat, d_image, d_boxes, d_scores, d_rows))
-    first = np.searchsorted(d_key, d_key, side="left")
-    rank = np.arange(d_key.size) - first
-    capped = rank < max_detections[-1]
-    d_key, d_cat, d_image, d_boxes, d_scores, rank, d_rows = (
-        x[capped] for x in (d_key, d_cat, d_image, d_boxes, d_scores, rank, d_rows))
+    d_key, d_cat, d_image, d_boxes, d_scores, rank, d_rows = _grouped_detections(
+        dt, cat_ids, num_images, max_detections[-1])
 
     if segm:
         pair_iou = _mask_pair_iou(dt.masks, d_rows, gt.masks, g_order)

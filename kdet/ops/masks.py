@@ -28,6 +28,7 @@ interpolates along the width first; the sums then add the same two products.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from kdet.ops.boxes import convert_format
@@ -117,8 +118,11 @@ def paste_masks(masks, boxes, height, width, threshold: float | None = None,
     padding = check_positive_int("padding", padding, allow_zero=True)
     if threshold is not None:
         threshold = check_probability("threshold", threshold)
-    if isinstance(height, int) or isinstance(width, int):
-        check_positive_int("height", height), check_positive_int("width", width)
+    # Python / NumPy ints keep the output shape static (XLA); tensors (e.g. tf.shape) are accepted too.
+    if isinstance(height, (int, np.integer)):
+        height = check_positive_int("height", height)
+    if isinstance(width, (int, np.integer)):
+        width = check_positive_int("width", width)
     boxes = convert_format(boxes, bounding_box_format, "xyxy", height=height, width=width)
     if boxes.shape.rank != 3 or (boxes.shape[-1] is not None and boxes.shape[-1] != 4):
         raise ValueError(f"boxes must have shape (batch, detections, 4); received {boxes.shape}.")

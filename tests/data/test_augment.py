@@ -221,7 +221,8 @@ def test_masks_move_with_their_boxes(kind, seed):
     out_images = out_images.numpy()
     _check_masks_on_objects(out_images, out, TOLERANCE[kind] + 1.0)
     if kind == "flip":  # exact: the mask is the flipped rectangle and its box the mask's tight box
-        for mask, box in zip(out["masks"].numpy()[:, :2].reshape(-1, SIZE, SIZE), out["boxes"].numpy()[:, :2].reshape(-1, 4)):
+        masks, boxes = out["masks"].numpy()[:, :2], out["boxes"].numpy()[:, :2]
+        for mask, box in zip(masks.reshape(-1, SIZE, SIZE), boxes.reshape(-1, 4)):
             ys, xs = np.nonzero(mask)
             np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
 

@@ -18,10 +18,12 @@ def test_synthetic_masks_pass_and_come_back_as_uint8():
 
 @pytest.mark.parametrize("masks,message", [
     (np.zeros((2, 3, 40, 56)), r"one mask per box row: expected shape \(3, 3, H, W\).*received \(2, 3, 40, 56\)"),
-    (np.zeros((3, 2, 40, 56)), r"expected shape \(3, 3, H, W\) to match the boxes \(3, 3, 4\); received \(3, 2, 40, 56\)"),
+    (np.zeros((3, 2, 40, 56)),
+     r"expected shape \(3, 3, H, W\) to match the boxes \(3, 3, 4\); received \(3, 2, 40, 56\)"),
     (np.zeros((3, 3, 40, 50)), r"pixels of the input images: expected height x width \(40, 56\); received masks of "
                                r"\(40, 50\)"),
-    (np.zeros((3, 40, 56)), r"shape \(batch, max_boxes, height, width\) = \(3, 3, H, W\).*received shape \(3, 40, 56\)"),
+    (np.zeros((3, 40, 56)),
+     r"shape \(batch, max_boxes, height, width\) = \(3, 3, H, W\).*received shape \(3, 40, 56\)"),
     (np.full((3, 3, 40, 56), 255, np.uint8), r"must hold 0 or 1 \(uint8\); received values such as \[255\]"),
     ([np.zeros((3, 40, 56))] * 2, r"list must hold 3 per-image"),
     (np.full((3, 3, 40, 56), "a"), "dtype <U1"),

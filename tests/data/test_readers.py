@@ -445,3 +445,12 @@ def test_tfds_masks_unavailable_explains_where_to_find_them():
         kdet.data.tfds("coco/2017", masks=True)
     with pytest.raises(ValueError, match="'voc/2007' does not have"):
         kdet.data.tfds("voc/2007", masks=True)
+
+
+def test_coco_mask_of_an_image_whose_file_has_another_size(tmp_path, mask_arrays):
+    x, y = mask_arrays
+    path = write_coco_masks(tmp_path, x, y)
+    Image.fromarray(x[0][:40]).save(tmp_path / "val2017" / "img0.png")  # the json still says 48 x 64
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"img0.png: mask 0 cannot be decoded at the image "
+                                                             r"size \(40, 64\)"):
+        list(kdet.data.coco(path, masks=True))

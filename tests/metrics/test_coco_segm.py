@@ -34,8 +34,10 @@ def pycoco_segm_stats(gt_masks, gt_labels, dt_masks, dt_scores, dt_labels):
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(label), "segmentation": rle,
                          "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0})
             cats.add(int(label))
-        for mask, score, label in zip(dt_masks[i], np.asarray(dt_scores[i]).tolist(), np.asarray(dt_labels[i]).tolist()):
-            dets.append({"image_id": i + 1, "category_id": int(label), "segmentation": _rle(mask), "score": float(score)})
+        for mask, score, label in zip(dt_masks[i], np.asarray(dt_scores[i]).tolist(),
+                                      np.asarray(dt_labels[i]).tolist()):
+            dets.append({"image_id": i + 1, "category_id": int(label), "segmentation": _rle(mask),
+                         "score": float(score)})
     dets.append({"image_id": 1, "category_id": _UNKNOWN_CATEGORY, "score": 1.0,
                  "segmentation": _rle(np.ones(gt_masks[0].shape[1:], np.uint8))})
     with contextlib.redirect_stdout(io.StringIO()):
