@@ -12,16 +12,16 @@ Keras 3 and Keras' ``MixUp`` mislabels boxes. Gamma is a two-line pixel map.
 After every geometric step boxes are clipped to the image and those that became
 degenerate (a side under ``min_box_size`` pixels) are dropped together with
 their labels (:func:`kdet.data.pipeline.sanitize_boxes`), so the padded
-``{"boxes", "labels"}`` dict always describes what the pixels show.
+``{"boxes", "labels"}`` dict always describes what the pixels show. Boxes that
+do not fit in the padded rows after Mosaic / MixUp are counted and logged like
+any truncation (``kdet.data.truncation_stats``).
 
 Instance masks (``"masks"`` (B, M, H, W) uint8, row-aligned with the boxes)
 move with the boxes: through the same Keras layer call as Keras
 ``segmentation_masks`` (nearest-neighbour, the same random draw), the same
 crop, Mosaic tiles (:func:`_mosaic_masks`) and MixUp concatenation, and they
 are dropped, compacted and truncated with their rows. Areas uncovered by a
-transform are outside every mask. Boxes that
-do not fit in the padded rows after Mosaic / MixUp are counted and logged like
-any truncation (``kdet.data.truncation_stats``).
+transform are outside every mask.
 
 Batches are ``(images (B, H, W, 3) float 0..255, {"boxes": (B, M, 4), "labels": (B, M)[,
 "masks": (B, M, H, W)]})`` with boxes in ``bounding_box_format`` pixels (the pipeline
