@@ -121,10 +121,12 @@ def check_images(images: Any, name: str = "images") -> np.ndarray:
     return arr
 
 
-def check_ground_truth(y: Any, num_classes: int | None = None, *, name: str = "y") -> dict:
-    """Checks a ground-truth dict {"boxes": (B, M, 4), "labels": (B, M)} held in NumPy.
+def check_ground_truth(y: Any, num_classes: int | None = None, *, name: str = "y", image_size=None) -> dict:
+    """Checks a ground-truth dict {"boxes": (B, M, 4), "labels": (B, M)[, "masks": (B, M, H, W)]} held in NumPy.
 
-    Padded rows carry ``label == -1`` and are not checked.
+    Padded rows carry ``label == -1`` and are not checked. Instance masks, when
+    present, are checked by :func:`check_masks` (one per box row, in the pixels
+    of the input images when ``image_size`` = (H, W) of the images is given).
     """
     if not isinstance(y, dict) or "boxes" not in y or "labels" not in y:
         got = sorted(y) if isinstance(y, dict) else type(y).__name__
@@ -150,7 +152,53 @@ def check_ground_truth(y: Any, num_classes: int | None = None, *, name: str = "y
                 f"{name}['labels'] must be in [0, {num_classes}) (or -1 for padding); "
                 f"received {sorted(set(labels[bad].tolist()))[:10]}."
             )
-    return {"boxes": boxes, "labels": labels.astype(np.int32)}
+    out = {"boxes": boxes, "labels": labels.astype(np.int32)}
+    if isinstance(y, dict) and y.get("masks") is not None:
+        out["masks"] = check_masks(y["masks"], boxes.shape[:2], image_size, name=f"{name}['masks']")
+    return out
+
+
+def check_masks(masks: Any, rows: tuple[int, int], image_size=None, *, name: str = "y['masks']") -> np.ndarray:
+    """Checks ground-truth instance masks and returns them as a (B, M, H, W) uint8 array.
+
+    Args:
+        masks: (B, M, H, W) array of 0/1 (uint8, bool or any number type), or
+            a list of B per-image (M, H, W) arrays (ragged batches, densified).
+        rows: (B, M) of the boxes the masks belong to, row for row.
+        image_size: (H, W) of the input images, or None not to check it.
+        name: the argument name used in messages.
+
+    Raises:
+        ValueError: wrong rank, count (not one mask per box row), size (not the
+            images' pixels) or values (not 0/1), saying what was received and expected.
+    """
+    batch, max_boxes = (int(r) for r in rows)
+    if isinstance(masks, (list, tuple)):
+        arrays = [np.asarray(m) for m in masks]
+        shapes = {a.shape for a in arrays}
+        if len(arrays) != batch or len(shapes) != 1 or arrays[0].ndim != 3:
+            raise ValueError(f"{name} as a list must hold {batch} per-image (max_boxes, height, width) arrays "
+                             f"of one shape; received shapes {[a.shape for a in arrays][:4]}.")
+        masks = np.stack(arrays)
+    masks = np.asarray(masks)
+    if masks.ndim != 4:
+        raise ValueError(f"{name} must have shape (batch, max_boxes, height, width) = ({batch}, {max_boxes}, H, W), "
+                         f"one mask per box row in image pixels; received shape {masks.shape}.")
+    if masks.shape[:2] != (batch, max_boxes):
+        raise ValueError(f"{name} must have one mask per box row: expected shape ({batch}, {max_boxes}, H, W) to "
+                         f"match the boxes ({batch}, {max_boxes}, 4); received {masks.shape}.")
+    if image_size is not None and tuple(masks.shape[2:]) != tuple(int(s) for s in image_size):
+        raise ValueError(f"{name} must be in the pixels of the input images: expected height x width "
+                         f"{tuple(int(s) for s in image_size)}; received masks of {tuple(masks.shape[2:])} "
+                         f"(shape {masks.shape}).")
+    if masks.dtype != bool:
+        if not (np.issubdtype(masks.dtype, np.integer) or np.issubdtype(masks.dtype, np.floating)):
+            raise ValueError(f"{name} must hold 0/1 numbers (uint8); received dtype {masks.dtype}.")
+        bad = (masks != 0) & (masks != 1)
+        if bad.any():
+            raise ValueError(f"{name} must hold 0 or 1 (uint8); received values such as "
+                             f"{sorted(set(masks[bad].ravel()[:1000].tolist()))[:5]}; e.g. use (masks > 0).")
+    return masks.astype(np.uint8)
 
 
 def check_degenerate_xyxy(boxes: np.ndarray, labels: np.ndarray, name: str = "boxes") -> None:

@@ -17,8 +17,16 @@ their labels (:func:`kdet.data.pipeline.sanitize_boxes`), so the padded
 do not fit in the padded rows after Mosaic / MixUp are counted and logged like
 any truncation (``kdet.data.truncation_stats``).
 
-Batches are ``(images (B, H, W, 3) float 0..255, {"boxes": (B, M, 4), "labels": (B, M)})``
-with boxes in ``bounding_box_format`` pixels (the pipeline produces xyxy).
+Instance masks (``"masks"`` (B, M, H, W) uint8, row-aligned with the boxes)
+move with the boxes: through the same Keras layer call as Keras
+``segmentation_masks`` (nearest-neighbour, the same random draw), the same
+crop, Mosaic tiles (:func:`_mosaic_masks`) and MixUp concatenation, and they
+are dropped, compacted and truncated with their rows. Areas uncovered by a
+transform are outside every mask.
+
+Batches are ``(images (B, H, W, 3) float 0..255, {"boxes": (B, M, 4), "labels": (B, M)[,
+"masks": (B, M, H, W)]})`` with boxes in ``bounding_box_format`` pixels (the pipeline
+produces xyxy).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from kdet.data.pipeline import sanitize_boxes
+from kdet.data.pipeline import mask_on_value, masks_from_channels, masks_to_channels, sanitize_boxes
 from kdet.errors import MissingExtraError
 from kdet.ops.boxes import convert_format
 from kdet.validation import check_box_format, check_image_size, check_probability
@@ -169,7 +177,7 @@ class Augmenter:
 
     # ------------------------------------------------------------ applying
     def __call__(self, images, targets: dict):
-        """Augments one batch; returns ``(images float32, {"boxes", "labels"})`` of the same row count."""
+        """Augments one batch; returns ``(images float32, {"boxes", "labels"[, "masks"]})``, same row count."""
         images = tf.cast(images, tf.float32)
         if images.shape.rank != 4:
             raise ValueError(f"Augmenter works on batches (B, H, W, 3); received shape {images.shape}.")
@@ -178,53 +186,65 @@ class Augmenter:
         shape = tf.shape(images)
         boxes = convert_format(tf.cast(targets["boxes"], tf.float32), self.bounding_box_format, "xyxy",
                                height=shape[1], width=shape[2])
-        boxes, labels = sanitize_boxes(boxes, labels, shape[1], shape[2], 0.0)
+        t = _sanitize({"boxes": boxes, "labels": labels, **_masks_of(targets)}, shape[1], shape[2], 0.0)
         if self.mosaic:
-            images, boxes, labels = self._maybe(self.mosaic, self._apply_mosaic, images, boxes, labels, max_boxes)
+            images, t = self._maybe(self.mosaic, self._apply_mosaic, images, t, max_boxes)
         if self.mixup:
-            images, boxes, labels = self._maybe(self.mixup, self._apply_mixup, images, boxes, labels, max_boxes)
+            images, t = self._maybe(self.mixup, self._apply_mixup, images, t, max_boxes)
         for kind, layer in self._geometric:
-            images, boxes, labels = self._apply_geometric(kind, layer, images, boxes, labels, max_boxes)
+            images, t = self._apply_geometric(kind, layer, images, t)
         for layer in self._colour:
             images = layer(images, training=True)
         if self.gamma is not None:
             images = self._apply_gamma(images)
         images = tf.clip_by_value(images, 0.0, 255.0)
         shape = tf.shape(images)
-        boxes = convert_format(boxes, "xyxy", self.bounding_box_format, height=shape[1], width=shape[2])
-        return images, {"boxes": boxes, "labels": labels}
+        t["boxes"] = convert_format(t["boxes"], "xyxy", self.bounding_box_format, height=shape[1], width=shape[2])
+        return images, t
 
-    def _maybe(self, probability, fn, images, boxes, labels, max_boxes):
+    def _maybe(self, probability, fn, images, t, max_boxes):
         if probability >= 1.0:
-            return fn(images, boxes, labels, max_boxes)
+            return fn(images, t, max_boxes)
         draw = self._rng.uniform(())
-        return tf.cond(draw < probability, lambda: fn(images, boxes, labels, max_boxes),
-                       lambda: (images, boxes, labels))
+        return tf.cond(draw < probability, lambda: fn(images, t, max_boxes), lambda: (images, t))
 
-    def _finish(self, images, boxes, labels, max_boxes):
+    def _finish(self, images, t):
         shape = tf.shape(images)
-        boxes, labels = sanitize_boxes(boxes, labels, shape[1], shape[2], self.min_box_size)
-        return images, boxes, labels
+        return images, _sanitize(t, shape[1], shape[2], self.min_box_size)
 
-    def _apply_geometric(self, kind, layer, images, boxes, labels, max_boxes):
+    def _apply_geometric(self, kind, layer, images, t):
         if kind == "keras_crop":
-            images, boxes = _random_crop(layer, images, boxes, self.image_size)
-            return self._finish(images, boxes, labels, max_boxes)
-        out = layer(_keras_boxes(images, boxes, labels), training=True)
-        images, boxes = out["images"], out["bounding_boxes"]["boxes"]
-        return self._finish(images, boxes, labels, max_boxes)
+            images, t = _random_crop(layer, images, t, self.image_size)
+            return self._finish(images, t)
+        data = _keras_boxes(images, t["boxes"], t["labels"])
+        # Masks ride along as Keras "segmentation_masks" (nearest interpolation, same transformation).
+        on_value = mask_on_value(getattr(layer, "fill_value", 0.0))
+        if "masks" in t:
+            data["segmentation_masks"] = masks_to_channels(t["masks"], on_value)
+        out = layer(data, training=True)
+        t = {"boxes": out["bounding_boxes"]["boxes"], "labels": t["labels"]}
+        if "segmentation_masks" in out:
+            t["masks"] = masks_from_channels(out["segmentation_masks"], on_value)
+        return self._finish(out["images"], t)
 
-    def _apply_mosaic(self, images, boxes, labels, max_boxes):
+    def _apply_mosaic(self, images, t, max_boxes):
+        # keras-cv's Mosaic steps called one by one (what its call() does for images and
+        # boxes), so that the masks can follow the very same draw (_mosaic_masks).
         shape = tf.shape(images)
         sy = self.image_size[0] / tf.cast(shape[1], tf.float32)
         sx = self.image_size[1] / tf.cast(shape[2], tf.float32)
         images = tf.image.resize(images, self.image_size)
-        boxes = boxes * tf.stack([sx, sy, sx, sy])
-        out = self._mosaic_layer({"images": images, "bounding_boxes": {"boxes": boxes, "classes": labels}})
-        boxes, labels = _dense_from_keras_cv(out["bounding_boxes"], max_boxes)
-        return self._finish(out["images"], boxes, labels, max_boxes)
+        boxes = t["boxes"] * tf.stack([sx, sy, sx, sy])
+        layer = self._mosaic_layer
+        transformations = layer.get_random_transformation_batch(tf.shape(images)[0])
+        mosaic = layer.augment_images(images, transformations)
+        out = layer.augment_bounding_boxes({"boxes": boxes, "classes": t["labels"]}, transformations, images=mosaic)
+        if "masks" in t:
+            masks = tf.image.resize(tf.transpose(t["masks"], [0, 2, 3, 1]), self.image_size, method="nearest")
+            out["masks"] = _mosaic_masks(tf.transpose(masks, [0, 3, 1, 2]), transformations, self.image_size)
+        return self._finish(mosaic, _dense_from_keras_cv(out, max_boxes))
 
-    def _apply_mixup(self, images, boxes, labels, max_boxes):
+    def _apply_mixup(self, images, t, max_boxes):
         # MixUp for detection (Zhang et al. 2018; boxes of both images kept, as keras-cv does).
         # Written here on our seeded generator: keras-cv 0.9's MixUp does not repeat its draws
         # for a fixed seed under Keras 3, and Keras 3.15's MixUp concatenates box labels along
@@ -236,10 +256,9 @@ class Augmenter:
         b = tf.random.stateless_gamma([batch], seeds[:, 1], alpha=MIXUP_ALPHA)
         lam = tf.reshape(a / (a + b), (-1, 1, 1, 1))
         images = lam * images + (1.0 - lam) * tf.gather(images, permutation)
-        boxes = tf.concat([boxes, tf.gather(boxes, permutation)], axis=1)
-        labels = tf.concat([labels, tf.gather(labels, permutation)], axis=1)
-        boxes, labels = _dense_from_keras_cv({"boxes": boxes, "classes": labels}, max_boxes)
-        return self._finish(images, boxes, labels, max_boxes)
+        both = {("classes" if k == "labels" else k): tf.concat([v, tf.gather(v, permutation)], axis=1)
+                for k, v in t.items()}
+        return self._finish(images, _dense_from_keras_cv(both, max_boxes))
 
     def _apply_gamma(self, images):
         # Log-uniform gamma, one per image: x -> 255 * (x / 255) ** gamma keeps 0 and 255 fixed.
@@ -249,28 +268,84 @@ class Augmenter:
         return 255.0 * tf.pow(tf.clip_by_value(images, 0.0, 255.0) / 255.0, tf.exp(log_gamma))
 
 
-def _random_crop(layer, images, boxes, image_size):
+def _masks_of(targets: dict) -> dict:
+    """``{"masks": (B, M, H, W) uint8}`` if the targets hold masks, else ``{}``."""
+    if targets.get("masks") is None:
+        return {}
+    masks = targets["masks"]
+    if isinstance(masks, tf.RaggedTensor):
+        masks = masks.to_tensor()
+    return {"masks": tf.cast(tf.convert_to_tensor(masks) > 0, tf.uint8)}
+
+
+def _sanitize(t: dict, height, width, min_size: float) -> dict:
+    """:func:`sanitize_boxes` on a targets dict (masks, when present, follow their rows)."""
+    out = sanitize_boxes(t["boxes"], t["labels"], height, width, min_size, masks=t.get("masks"))
+    return dict(zip(("boxes", "labels", "masks"), out))
+
+
+def _random_crop(layer, images, t, image_size):
     """Keras ``RandomCrop`` on the images, boxes shifted here, then a resize back to ``image_size``.
 
     Keras 3.15's ``RandomCrop.transform_bounding_boxes`` subtracts the row offset
     from x and the column offset from y (found by the pixel property test), so
     the layer draws the crop and crops the images, and the boxes move here.
+    Masks are cropped by the same layer and resized back with nearest neighbours.
     """
     transformation = layer.get_random_transformation(images, training=True)
-    h_start, w_start = (tf.cast(t, tf.float32) for t in transformation)
+    h_start, w_start = (tf.cast(v, tf.float32) for v in transformation)
     images = layer.transform_images(images, transformation, training=True)
-    boxes = boxes - tf.stack([w_start, h_start, w_start, h_start])
+    boxes = t["boxes"] - tf.stack([w_start, h_start, w_start, h_start])
     shape = tf.shape(images)
     sy = image_size[0] / tf.cast(shape[1], tf.float32)
     sx = image_size[1] / tf.cast(shape[2], tf.float32)
-    return tf.image.resize(images, image_size), boxes * tf.stack([sx, sy, sx, sy])
+    out = {"boxes": boxes * tf.stack([sx, sy, sx, sy]), "labels": t["labels"]}
+    if "masks" in t:
+        channels = layer.transform_images(masks_to_channels(t["masks"]), transformation, training=True)
+        out["masks"] = masks_from_channels(tf.image.resize(channels, image_size, method="nearest"))
+    return tf.image.resize(images, image_size), out
 
 
-def _dense_from_keras_cv(bounding_boxes: dict, max_boxes):
-    """keras-cv box dicts (ragged or dense, float 'classes') -> dense (B, max_boxes) with -1 padding.
+def _mosaic_masks(masks, transformations, image_size):
+    """Instance masks through keras-cv's Mosaic draw: (B, M, H, W) -> (B, 4 M, H, W) uint8.
+
+    keras-cv tiles four images into a (2H, 2W) canvas (tile t = image
+    ``permutation_order[:, t]``, row-major) and resamples the crop box
+    ``[(H - cy) / (2H - 1), (W - cx) / (2W - 1)]`` + ``[H, W] / (2H - 1, 2W - 1)``
+    (normalised, ``tf.image.crop_and_resize``) back to (H, W). Here each output
+    pixel takes the nearest canvas pixel of the same sampling grid, so row
+    block ``t`` holds tile ``t``'s masks where that tile shows and zeros
+    elsewhere, matching keras-cv's box order (tile-major).
+    """
+    height, width = image_size
+    centres = tf.cast(transformations["mosaic_centers"], tf.float32)
+    permutation = transformations["permutation_order"]
+
+    def nearest(centre, size):  # (B,) relative centres -> (B, size) canvas indices
+        # crop_and_resize samples y1 * (2 size - 1) + i * (y2 - y1) * (2 size - 1) / (size - 1)
+        # with y1 = (size - centre * size) / (2 size - 1) and y2 - y1 = size / (2 size - 1).
+        grid = (size - centre * size)[:, None] + tf.range(size, dtype=tf.float32)[None] * (size / max(size - 1, 1))
+        return tf.clip_by_value(tf.cast(tf.round(grid), tf.int32), 0, 2 * size - 1)
+
+    rows, cols = nearest(centres[:, 1], height), nearest(centres[:, 0], width)
+    blocks = []
+    for tile in range(4):
+        tile_y, tile_x = divmod(tile, 2)
+        source = tf.gather(masks, permutation[:, tile])                          # (B, M, H, W)
+        source = tf.gather(source, rows % height, axis=2, batch_dims=1)
+        source = tf.gather(source, cols % width, axis=3, batch_dims=1)
+        shows = (tf.cast(rows // height == tile_y, tf.uint8)[:, :, None]
+                 * tf.cast(cols // width == tile_x, tf.uint8)[:, None, :])       # (B, H, W)
+        blocks.append(source * shows[:, None])
+    return tf.concat(blocks, axis=1)
+
+
+def _dense_from_keras_cv(bounding_boxes: dict, max_boxes) -> dict:
+    """keras-cv box dicts (ragged or dense, float 'classes') -> dense (B, max_boxes) targets, -1 padding.
 
     keras-cv drops nothing silently on its own side; here the valid rows are
     moved to the front first, and rows beyond ``max_boxes`` are reported.
+    ``"masks"`` (B, N, H, W), when present, follow their rows.
     """
     boxes, classes = bounding_boxes["boxes"], bounding_boxes["classes"]
     if isinstance(boxes, tf.RaggedTensor):
@@ -278,18 +353,20 @@ def _dense_from_keras_cv(bounding_boxes: dict, max_boxes):
         classes = classes.to_tensor(default_value=-1)
     labels = tf.cast(tf.round(tf.cast(classes, tf.float32)), tf.int32)
     labels = tf.where(classes < 0, -1, labels)
-    boxes = tf.cast(boxes, tf.float32)
     big = tf.fill(tf.shape(labels)[:1], tf.cast(1e9, tf.float32))  # sanitize without clipping here
-    boxes, labels = sanitize_boxes(boxes, labels, big[:, None], big[:, None], 0.0)
-    count = tf.reduce_sum(tf.cast(labels >= 0, tf.int32), axis=-1)
+    t = _sanitize({"boxes": tf.cast(boxes, tf.float32), "labels": labels, **_masks_of(bounding_boxes)},
+                  big[:, None], big[:, None], 0.0)
+    count = tf.reduce_sum(tf.cast(t["labels"] >= 0, tf.int32), axis=-1)
     _report_overflow(count, max_boxes)
-    boxes = tf.pad(boxes, [[0, 0], [0, tf.maximum(0, max_boxes - tf.shape(boxes)[1])], [0, 0]])[:, :max_boxes]
-    labels = tf.pad(labels, [[0, 0], [0, tf.maximum(0, max_boxes - tf.shape(labels)[1])]],
-                    constant_values=-1)[:, :max_boxes]
+    extra = tf.maximum(0, max_boxes - tf.shape(t["labels"])[1])
+    out = {"boxes": tf.pad(t["boxes"], [[0, 0], [0, extra], [0, 0]])[:, :max_boxes],
+           "labels": tf.pad(t["labels"], [[0, 0], [0, extra]], constant_values=-1)[:, :max_boxes]}
+    if "masks" in t:
+        out["masks"] = tf.pad(t["masks"], [[0, 0], [0, extra], [0, 0], [0, 0]])[:, :max_boxes]
     if isinstance(max_boxes, int):
-        boxes = tf.ensure_shape(boxes, (None, max_boxes, 4))
-        labels = tf.ensure_shape(labels, (None, max_boxes))
-    return boxes, labels
+        out["boxes"] = tf.ensure_shape(out["boxes"], (None, max_boxes, 4))
+        out["labels"] = tf.ensure_shape(out["labels"], (None, max_boxes))
+    return out
 
 
 def _report_overflow(count, max_boxes):

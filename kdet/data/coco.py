@@ -7,6 +7,13 @@ name. Crowd annotations (``iscrowd=1``) are left out unless
 ``include_crowd=True`` (COCO evaluation ignores them; they are counted in the
 log). Images without annotations are kept, with no boxes.
 
+With ``masks=True`` every box comes with its instance mask, decoded from the
+annotation's ``segmentation`` (polygons, uncompressed or compressed RLE)
+exactly as pycocotools' ``COCO.annToMask`` does (:mod:`kdet.data.segmentation`),
+when the image is read: ``"masks"`` (n, H, W) uint8 row-aligned with the boxes.
+An annotation without a usable segmentation is then a reported problem (and
+skipped, with its box, under ``on_error="warn"``/``"skip"``).
+
 Reference: Lin et al., "Microsoft COCO: Common Objects in Context", ECCV 2014.
 """
 
@@ -21,12 +28,13 @@ from kdet.data.records import (
     DATASET_ARGS_DOC, DetectionRecords, Problems, SPLIT_ALIASES, check_box, finish, image_exists,
     records_to_dataset,
 )
+from kdet.data.segmentation import segmentation_problem
 
 logger = logging.getLogger("kdet.data")
 
 
 def read_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike | None = None,
-              on_error: str = "warn", include_crowd: bool = False) -> DetectionRecords:
+              on_error: str = "warn", include_crowd: bool = False, masks: bool = False) -> DetectionRecords:
     """Parses a COCO instances json into :class:`~kdet.data.records.DetectionRecords`.
 
     Args:
@@ -37,6 +45,8 @@ def read_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike |
         on_error: ``"raise"``, ``"warn"`` or ``"skip"`` for malformed entries
             (see :mod:`kdet.data.records`). A file that is not valid json always raises.
         include_crowd: keep ``iscrowd=1`` boxes.
+        masks: keep each annotation's ``segmentation`` (checked here, decoded
+            when the dataset reads the image) in ``records.segmentations``.
 
     Returns:
         ``DetectionRecords`` with xyxy absolute boxes.
@@ -67,13 +77,13 @@ def read_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike |
             problems.report(path, f"image entry {str(img)[:80]} lacks 'id' or 'file_name'")
             continue
         images[img["id"]] = img
-    per_image = {i: ([], []) for i in images}
+    per_image = {i: ([], [], []) for i in images}
     crowd = 0
     for ann in data.get("annotations", []):
-        crowd += _add_annotation(ann, path, images, label_of, per_image, problems, include_crowd)
+        crowd += _add_annotation(ann, path, images, label_of, per_image, problems, include_crowd, masks)
     if crowd:
         logger.info("kdet.data: %s: left out %d crowd annotations (include_crowd=False).", path, crowd)
-    paths, boxes, labels = [], [], []
+    paths, boxes, labels, segmentations = [], [], [], []
     for image_id, img in images.items():
         file = image_dir / img["file_name"]
         if not image_exists(problems, f"{path} (image id {image_id})", file):
@@ -81,10 +91,12 @@ def read_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike |
         paths.append(file)
         boxes.append(per_image[image_id][0])
         labels.append(per_image[image_id][1])
-    return finish(paths, boxes, labels, [categories[c] for c in ids], problems)
+        segmentations.append(per_image[image_id][2])
+    return finish(paths, boxes, labels, [categories[c] for c in ids], problems,
+                  segmentations=segmentations if masks else None)
 
 
-def _add_annotation(ann, path, images, label_of, per_image, problems, include_crowd) -> int:
+def _add_annotation(ann, path, images, label_of, per_image, problems, include_crowd, masks=False) -> int:
     """Adds one annotation to ``per_image``; returns 1 if it was a left-out crowd box."""
     source = f"{path} (annotation id {ann.get('id') if isinstance(ann, dict) else '?'})"
     if not isinstance(ann, dict):
@@ -108,10 +120,16 @@ def _add_annotation(ann, path, images, label_of, per_image, problems, include_cr
         problems.report(source, f"bbox {bbox!r} holds non-numbers")
         return 0
     img = images[ann["image_id"]]
+    if masks:
+        problem = segmentation_problem(ann.get("segmentation"), img.get("height"), img.get("width"))
+        if problem is not None:
+            problems.report(source, problem)
+            return 0
     box = check_box(problems, source, [x, y, x + w, y + h], img.get("width"), img.get("height"))
     if box is not None:
         per_image[ann["image_id"]][0].append(box)
         per_image[ann["image_id"]][1].append(label_of[ann["category_id"]])
+        per_image[ann["image_id"]][2].append(ann.get("segmentation"))
     return 0
 
 
@@ -137,7 +155,7 @@ def find_coco_annotations(root: str | os.PathLike, split: str = "train") -> path
 
 
 def coco(path: str | os.PathLike, split: str = "train", *, image_dir=None, on_error: str = "warn",
-         include_crowd: bool = False, image_size=None, batch_size: int | None = None,
+         include_crowd: bool = False, masks: bool = False, image_size=None, batch_size: int | None = None,
          max_boxes: int | None = None, resize_mode: str = "letterbox", shuffle: bool = False, seed: int = 0,
          augmenter=None, repeat: bool = False):
     """A COCO-format dataset as ``tf.data.Dataset`` of ``(image, {"boxes", "labels"})``.
@@ -147,18 +165,20 @@ def coco(path: str | os.PathLike, split: str = "train", *, image_dir=None, on_er
             ``annotations/instances_<split>*.json`` and ``<split>2017/`` images.
         split: "train", "validation"/"val", ... (folders only).
         image_dir, on_error, include_crowd: as :func:`read_coco`.
+        masks: add ``"masks"`` (n, H, W) uint8 instance masks decoded from
+            the segmentations (resized, padded and augmented with the boxes).
         {args}
 
     Returns:
         Single examples (uint8 image, xyxy pixel boxes (n, 4), int32 labels
-        (n,)), or padded batches when ``batch_size`` is given.
+        (n,)[, uint8 masks (n, H, W)]), or padded batches when ``batch_size`` is given.
 
     Example:
         >>> ds = coco("data/coco", split="validation", image_size=512, batch_size=8)  # doctest: +SKIP
     """
     path = pathlib.Path(path)
     annotation_file = path if path.is_file() else find_coco_annotations(path, split)
-    records = read_coco(annotation_file, image_dir, on_error=on_error, include_crowd=include_crowd)
+    records = read_coco(annotation_file, image_dir, on_error=on_error, include_crowd=include_crowd, masks=masks)
     return records_to_dataset(records, image_size, batch_size, max_boxes, resize_mode, shuffle, seed,
                               augmenter, repeat)
 

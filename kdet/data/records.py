@@ -65,6 +65,9 @@ class DetectionRecords:
         class_names: the class names, index = label.
         problems: every skipped entry, as ``"file: message"``.
         relative: whether boxes are relative to the image size.
+        segmentations: None, or one list per image holding one COCO
+            ``segmentation`` (polygons or RLE, already checked) per box: the
+            dataset then decodes them into ``"masks"`` (n, H, W) uint8.
     """
 
     image_paths: list[str]
@@ -73,12 +76,18 @@ class DetectionRecords:
     class_names: list[str]
     problems: list[str] = dataclasses.field(default_factory=list)
     relative: bool = False
+    segmentations: list[list] | None = None
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def to_dataset(self):
-        """``tf.data.Dataset`` of ``(image uint8 (H, W, 3), {"boxes": (n, 4) xyxy pixels, "labels": (n,)})``."""
+        """``tf.data.Dataset`` of ``(image uint8 (H, W, 3), {"boxes": (n, 4) xyxy pixels, "labels": (n,)})``.
+
+        With ``segmentations`` the targets also hold ``"masks"`` (n, H, W)
+        uint8, decoded per image when it is read (COCO masks of a whole split
+        would not fit in memory).
+        """
         import tensorflow as tf
 
         if not self.image_paths:
@@ -89,18 +98,42 @@ class DetectionRecords:
         boxes = tf.RaggedTensor.from_row_lengths(flat_boxes, counts)
         labels = tf.RaggedTensor.from_row_lengths(flat_labels, counts)
         relative = self.relative
+        segmentations = self.segmentations
 
-        def load(path, boxes, labels):
+        def load(path, boxes, labels, index):
             image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
             image = tf.ensure_shape(image, (None, None, 3))
             boxes = tf.reshape(boxes, (-1, 4))
+            shape = tf.shape(image)
             if relative:
-                shape = tf.cast(tf.shape(image), tf.float32)
-                boxes = boxes * tf.stack([shape[1], shape[0], shape[1], shape[0]])
-            return image, {"boxes": boxes, "labels": labels}
+                size = tf.cast(shape, tf.float32)
+                boxes = boxes * tf.stack([size[1], size[0], size[1], size[0]])
+            targets = {"boxes": boxes, "labels": labels}
+            if segmentations is not None:
+                masks = tf.numpy_function(
+                    lambda i, h, w, p: _decode_masks(segmentations[int(i)], int(h), int(w), p),
+                    [index, shape[0], shape[1], path], tf.uint8, stateful=False)
+                targets["masks"] = tf.reshape(masks, tf.stack([-1, shape[0], shape[1]]))
+            return image, targets
 
-        ds = tf.data.Dataset.from_tensor_slices((self.image_paths, boxes, labels))
+        indices = np.arange(len(self.image_paths), dtype=np.int64)
+        ds = tf.data.Dataset.from_tensor_slices((self.image_paths, boxes, labels, indices))
         return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _decode_masks(segmentations: list, height: int, width: int, path) -> np.ndarray:
+    """One image's segmentations -> (n, height, width) uint8 (runs inside ``tf.numpy_function``)."""
+    from kdet.data.segmentation import decode_segmentation
+
+    masks = np.zeros((len(segmentations), height, width), np.uint8)
+    for i, segmentation in enumerate(segmentations):
+        try:
+            masks[i] = decode_segmentation(segmentation, height, width)
+        except ValueError as error:  # e.g. the image file is not the size the json says
+            name = path.decode() if isinstance(path, bytes) else path
+            raise ValueError(f"{name}: mask {i} cannot be decoded at the image size ({height}, {width}): "
+                             f"{error}") from None
+    return masks
 
 
 def check_box(problems: Problems, source, box, width=None, height=None):
@@ -118,13 +151,15 @@ def check_box(problems: Problems, source, box, width=None, height=None):
     return box
 
 
-def finish(image_paths, boxes, labels, class_names, problems, relative=False) -> DetectionRecords:
+def finish(image_paths, boxes, labels, class_names, problems, relative=False,
+           segmentations=None) -> DetectionRecords:
     """Packs per-image lists into :class:`DetectionRecords` (arrays of the right dtypes)."""
     return DetectionRecords(
         image_paths=[str(p) for p in image_paths],
         boxes=[np.asarray(b, np.float32).reshape(-1, 4) for b in boxes],
         labels=[np.asarray(lab, np.int32).reshape(-1) for lab in labels],
         class_names=list(class_names), problems=list(problems), relative=relative,
+        segmentations=None if segmentations is None else [list(s) for s in segmentations],
     )
 
 

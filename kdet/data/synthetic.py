@@ -1,10 +1,11 @@
-"""A deterministic synthetic detection dataset: coloured shapes with exact boxes.
+"""A deterministic synthetic detection dataset: coloured shapes with exact boxes and masks.
 
 Each image holds 1..``max_objects`` non-overlapping shapes on a noisy background. The class is
 the shape (rectangle, ellipse, triangle, cross, diamond, ring), never the
 colour, so a detector has to learn geometry. Boxes are the tight bounds of the
-drawn pixels, so they are exact. The default data for demos, examples and
-learning tests.
+drawn pixels, so they are exact; with ``masks=True`` each object also comes
+with its instance mask: exactly the pixels painted in its colour. The default
+data for demos, examples and learning tests.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _shape_mask(kind: str, h: int, w: int) -> np.ndarray:
 def _draw_image(rng, height, width, num_classes, max_objects, min_size, max_size):
     bg = rng.uniform(0, 255, size=3)
     image = np.clip(bg + rng.normal(0, 12, size=(height, width, 3)), 0, 255)
-    boxes, labels = [], []
+    boxes, labels, masks = [], [], []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(20):
             side = rng.uniform(min_size, max_size) * min(height, width)
@@ -66,7 +67,8 @@ def _draw_image(rng, height, width, num_classes, max_objects, min_size, max_size
         ys, xs = np.nonzero(mask)  # exact tight box of the drawn pixels
         boxes.append(np.array([x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1], np.float32))
         labels.append(label)
-    return image.astype(np.uint8), boxes, labels
+        masks.append((y0, x0, mask))
+    return image.astype(np.uint8), boxes, labels, masks
 
 
 def _overlap(a, b):
@@ -78,7 +80,8 @@ def _overlap(a, b):
 
 
 def synthetic_arrays(num_images: int = 8, image_size=128, num_classes: int = 3, max_objects: int = 3,
-                     seed: int = 0, split: str = "train", min_size: float = 0.15, max_size: float = 0.5):
+                     seed: int = 0, split: str = "train", min_size: float = 0.15, max_size: float = 0.5,
+                     masks: bool = False):
     """Generates the synthetic dataset as NumPy arrays, ready for ``model.fit(x, y)``.
 
     Args:
@@ -89,11 +92,14 @@ def synthetic_arrays(num_images: int = 8, image_size=128, num_classes: int = 3, 
         seed: the random seed; the same seed and split give the same images.
         split: "train", "validation" or "test" (disjoint seeds).
         min_size, max_size: object side as a fraction of the short image side.
+        masks: also return ``"masks"``: (N, max_objects, H, W) uint8, 1 on
+            exactly the pixels of each object's shape (zeros on padded rows).
+            The images, boxes and labels are the same with or without masks.
 
     Returns:
-        ``(images, {"boxes", "labels"})``: images (N, H, W, 3) uint8; boxes
-        (N, max_objects, 4) float32 xyxy pixels; labels (N, max_objects) int32
-        padded with -1.
+        ``(images, {"boxes", "labels"[, "masks"]})``: images (N, H, W, 3)
+        uint8; boxes (N, max_objects, 4) float32 xyxy pixels, the tight bounds
+        of each mask; labels (N, max_objects) int32 padded with -1.
 
     Example:
         >>> x, y = synthetic_arrays(2, 64, seed=1)
@@ -113,25 +119,33 @@ def synthetic_arrays(num_images: int = 8, image_size=128, num_classes: int = 3, 
     images = np.zeros((num_images, height, width, 3), np.uint8)
     boxes = np.zeros((num_images, max_objects, 4), np.float32)
     labels = np.full((num_images, max_objects), -1, np.int32)
+    instance_masks = np.zeros((num_images, max_objects, height, width), np.uint8) if masks else None
     for i in range(num_images):
-        image, b, lab = _draw_image(rng, height, width, num_classes, max_objects, min_size, max_size)
+        image, b, lab, shapes = _draw_image(rng, height, width, num_classes, max_objects, min_size, max_size)
         images[i] = image
         if b:
             boxes[i, : len(b)] = np.stack(b)
             labels[i, : len(lab)] = lab
-    return images, {"boxes": boxes, "labels": labels}
+        if masks:
+            for j, (y0, x0, shape) in enumerate(shapes):
+                instance_masks[i, j, y0:y0 + shape.shape[0], x0:x0 + shape.shape[1]] = shape
+    targets = {"boxes": boxes, "labels": labels}
+    if masks:
+        targets["masks"] = instance_masks
+    return images, targets
 
 
 def synthetic(split: str = "train", num_images: int = 64, image_size=128, seed: int = 0,
-              num_classes: int = 3, max_objects: int = 3, batch_size: int | None = None):
-    """The synthetic dataset as a ``tf.data.Dataset`` of ``(image, {"boxes", "labels"})``.
+              num_classes: int = 3, max_objects: int = 3, batch_size: int | None = None, masks: bool = False):
+    """The synthetic dataset as a ``tf.data.Dataset`` of ``(image, {"boxes", "labels"[, "masks"]})``.
 
     Same arguments as :func:`synthetic_arrays`; with ``batch_size`` the
     dataset is batched (padded rows keep label -1).
     """
     import tensorflow as tf
 
-    images, targets = synthetic_arrays(num_images, image_size, num_classes, max_objects, seed, split)
+    images, targets = synthetic_arrays(num_images, image_size, num_classes, max_objects, seed, split,
+                                       masks=masks)
     ds = tf.data.Dataset.from_tensor_slices((images, targets))
     if batch_size is not None:
         ds = ds.batch(check_positive_int("batch_size", batch_size))

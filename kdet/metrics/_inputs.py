@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from kdet.metrics._masks import MaskCrops, flatten_masks
 from kdet.validation import check_box_format
 
 
@@ -27,6 +28,7 @@ class FlatBoxes:
         labels: (N,) int64 class labels (>= 0).
         scores: (N,) float64 scores, or None for ground truth.
         difficult: (N,) bool VOC "difficult" flags, or None.
+        masks: the rows' binary masks (:class:`kdet.metrics._masks.MaskCrops`), or None.
     """
 
     num_images: int
@@ -35,6 +37,7 @@ class FlatBoxes:
     labels: np.ndarray
     scores: np.ndarray | None = None
     difficult: np.ndarray | None = None
+    masks: MaskCrops | None = None
 
     @staticmethod
     def concatenate(parts: list["FlatBoxes"]) -> "FlatBoxes":
@@ -53,6 +56,8 @@ class FlatBoxes:
             labels=cat("labels", ()).astype(np.int64),
             scores=cat("scores", ()),
             difficult=cat("difficult", ()),
+            masks=None if any(p.masks is None for p in parts) or not parts
+            else MaskCrops.concatenate([p.masks for p in parts]),
         )
 
 
@@ -143,7 +148,8 @@ def convert_rows(boxes: np.ndarray, bounding_box_format: str, target: str, image
 
 
 def flatten_boxes(y: Any, name: str, *, detections: bool, bounding_box_format: str = "xyxy",
-                  target: str = "xyxy", image_size=None, difficult=None) -> FlatBoxes:
+                  target: str = "xyxy", image_size=None, difficult=None, masks: bool = False,
+                  mask_image_sizes=None) -> FlatBoxes:
     """Validates a GT or detection dict and returns its valid rows.
 
     Args:
@@ -156,6 +162,9 @@ def flatten_boxes(y: Any, name: str, *, detections: bool, bounding_box_format: s
         target: format of the returned boxes ("xyxy" or "xywh").
         image_size: (height, width), needed for ``rel_*`` formats.
         difficult: optional (B, M) VOC difficult flags aligned with the GT rows.
+        masks: also flatten ``y["masks"]`` (see :mod:`kdet.metrics._masks`).
+        mask_image_sizes: (B, 2) image sizes to paste predicted mask grids at
+            (the ground truth's) and to check pasted masks against.
     """
     keys = ("boxes", "scores", "labels") if detections else ("boxes", "labels")
     expected = ("'boxes' (B, K, 4), 'scores' (B, K), 'labels' (B, K) and optionally 'num_detections' (B,)"
@@ -201,7 +210,16 @@ def flatten_boxes(y: Any, name: str, *, detections: bool, bounding_box_format: s
         flags = flags.astype(bool)[valid]
     out = convert_rows(boxes[valid], bounding_box_format, target, image_size, f"{name}['boxes']")
     _check_not_degenerate(out, target, f"{name}['boxes']")
-    return FlatBoxes(num_images, image[valid], out, labels[valid], scores, flags)
+    mask_rows = None
+    if masks:
+        if y.get("masks") is None:
+            raise ValueError(f"{name} has no 'masks'; mask AP (iou_type='segm') needs {name}['masks'] "
+                             + ("(B, K, M, M) probabilities or (B, K, H, W) pasted masks." if detections
+                                else "(B, M, H, W) in image pixels, row-aligned with the boxes."))
+        xyxy = convert_rows(boxes[valid], bounding_box_format, "xyxy", image_size, f"{name}['boxes']")
+        mask_rows = flatten_masks(y["masks"], f"{name}['masks']", counts, valid, detections=detections,
+                                  boxes_xyxy=xyxy.astype(np.float32), image_sizes=mask_image_sizes)
+    return FlatBoxes(num_images, image[valid], out, labels[valid], scores, flags, mask_rows)
 
 
 def _check_not_degenerate(boxes: np.ndarray, fmt: str, name: str) -> None:

@@ -1,12 +1,15 @@
-"""COCO box mAP, computed in NumPy with exactly the conventions of pycocotools.
+"""COCO box and mask mAP, computed in NumPy with exactly the conventions of pycocotools.
 
 ``coco_map`` reproduces ``pycocotools.cocoeval.COCOeval(iouType="bbox")``
 (evaluate + accumulate + summarize) for boxes whose area is ``w * h`` and
 ``iscrowd = 0``, without building COCO json or looping in Python over every
-image and category. The pycocotools conventions kept here, each checked by
-the oracle tests in ``tests/metrics/test_coco.py``:
+image and category; ``iou_type="segm"`` reproduces ``COCOeval(iouType="segm")``
+on the RLE-encoded masks, whose area is their pixel count. The pycocotools
+conventions kept here, each checked by the oracle tests in
+``tests/metrics/test_coco.py`` and ``tests/metrics/test_coco_segm.py``:
 
-- IoU as ``maskUtils.iou`` computes it on xywh doubles (``x2 = x + w``).
+- IoU as ``maskUtils.iou`` computes it on xywh doubles (``x2 = x + w``), or
+  on masks: intersection / union pixel counts (:mod:`kdet.metrics._masks`).
 - Categories are those of the ground truth; detections of other categories
   are ignored. Categories (or area ranges) without ground truth report -1
   and are left out of the means.
@@ -31,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from kdet.metrics._inputs import FlatBoxes, check_same_images, flatten_boxes
+from kdet.metrics._masks import mask_ious
 
 # pycocotools Params.setDetParams: linspace, as upstream, so that the IoU
 # thresholds (0.75 included) are the very same doubles.
@@ -40,12 +44,19 @@ COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, int(np.round((1.0 - 0.0) / 0.01))
 COCO_AREA_RANGES = np.array([[0**2, 1e5**2], [0**2, 32**2], [32**2, 96**2], [96**2, 1e5**2]], np.float64)
 COCO_MAX_DETECTIONS = (1, 10, 100)
 COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+IOU_TYPES = ("bbox", "segm")
+
+
+def check_iou_type(iou_type: str) -> str:
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}; received {iou_type!r}.")
+    return iou_type
 
 
 def coco_map(y_true: Any, y_pred: Any, bounding_box_format: str = "xyxy",
              max_detections: Sequence[int] = COCO_MAX_DETECTIONS, image_size=None,
-             per_class: bool = False) -> dict:
-    """COCO box AP/AR: the 12 numbers of pycocotools' ``COCOeval.summarize``.
+             per_class: bool = False, iou_type: str = "bbox") -> dict:
+    """COCO box or mask AP/AR: the 12 numbers of pycocotools' ``COCOeval.summarize``.
 
     Args:
         y_true: ground truth ``{"boxes": (B, M, 4), "labels": (B, M)}``, padded
@@ -61,6 +72,16 @@ def coco_map(y_true: Any, y_pred: Any, bounding_box_format: str = "xyxy",
         image_size: (height, width) in pixels, needed for ``rel_*`` formats.
         per_class: also return ``"per_class": {label: AP}`` (AP@[.5:.95],
             all areas; -1 where a class has no ground truth).
+        iou_type: ``"bbox"`` (box AP) or ``"segm"`` (mask AP, pycocotools'
+            ``iouType="segm"``). Mask AP needs ``y_true["masks"]`` (B, M, H, W)
+            in image pixels (non-zero inside, row-aligned with the boxes) and
+            ``y_pred["masks"]`` either as the detector's float (B, K, M, M)
+            probability grids, pasted at ``y_pred["boxes"]`` into the ground
+            truth's H x W (torchvision's ``paste_masks_in_image``, as
+            :func:`kdet.ops.paste_masks`) and thresholded at ``> 0.5``, or as
+            already pasted integer/bool (B, K, H, W) masks (non-zero inside).
+            Areas (for APs/APm/APl) are mask pixel counts; ragged tensors and
+            per-image lists are accepted as for boxes.
 
     Returns:
         dict of floats with keys ``AP, AP50, AP75, APs, APm, APl, AR1, AR10,
@@ -74,18 +95,20 @@ def coco_map(y_true: Any, y_pred: Any, bounding_box_format: str = "xyxy",
         1.0
     """
     max_dets = _check_max_detections(max_detections)
+    segm = check_iou_type(iou_type) == "segm"
     gt = flatten_boxes(y_true, "y_true", detections=False, bounding_box_format=bounding_box_format,
-                       target="xywh", image_size=image_size)
+                       target="xywh", image_size=image_size, masks=segm)
+    sizes = gt.masks.image_sizes if segm else None
     dt = flatten_boxes(y_pred, "y_pred", detections=True, bounding_box_format=bounding_box_format,
-                       target="xywh", image_size=image_size)
+                       target="xywh", image_size=image_size, masks=segm, mask_image_sizes=sizes)
     check_same_images(gt, dt)
-    return evaluate_flat(gt, dt, max_dets, per_class=per_class)
+    return evaluate_flat(gt, dt, max_dets, per_class=per_class, iou_type=iou_type)
 
 
 def evaluate_flat(gt: FlatBoxes, dt: FlatBoxes, max_detections: Sequence[int] = COCO_MAX_DETECTIONS,
-                  per_class: bool = False) -> dict:
+                  per_class: bool = False, iou_type: str = "bbox") -> dict:
     """``coco_map`` on already validated xywh rows (used by the Keras metric)."""
-    precision, recall, cat_ids = accumulate(gt, dt, tuple(max_detections))
+    precision, recall, cat_ids = accumulate(gt, dt, tuple(max_detections), iou_type)
     result = summarize(precision, recall, tuple(max_detections))
     if per_class:
         result["per_class"] = {
@@ -168,11 +191,27 @@ def _bucket_keys(nd: np.ndarray, ng: np.ndarray) -> np.ndarray:
     return np.ceil(np.log2(nd)).astype(np.int64) * 64 + np.ceil(np.log2(ng)).astype(np.int64)
 
 
-def _evaluate_matches(gt_boxes, gt_key, gt_ignore, dt_boxes, dt_key):
+def _box_pair_iou(dt_boxes, gt_boxes):
+    def pair_iou(d_idx, g_idx, d_valid, g_valid):
+        return _coco_iou(dt_boxes[d_idx][:, :, None, :], gt_boxes[g_idx][:, None, :, :])
+    return pair_iou
+
+
+def _mask_pair_iou(dt_masks, dt_rows, gt_masks, gt_rows):
+    def pair_iou(d_idx, g_idx, d_valid, g_valid):
+        ious = np.zeros(d_idx.shape + g_idx.shape[1:])
+        n, i, j = np.nonzero(d_valid[:, :, None] & g_valid[:, None, :])
+        ious[n, i, j] = mask_ious(dt_masks, dt_rows[d_idx[n, i]], gt_masks, gt_rows[g_idx[n, j]])
+        return ious
+    return pair_iou
+
+
+def _evaluate_matches(gt_key, gt_ignore, dt_key, pair_iou):
     """Matches every detection group against its ground truths.
 
     ``gt_*`` and ``dt_*`` are sorted by group key; detections within a group
-    by descending score. Returns matched and matched_ignored (A, T, Nd).
+    by descending score. ``pair_iou(d_idx, g_idx, d_valid, g_valid)`` gives the
+    (n, D, G) IoUs of padded index blocks. Returns matched and matched_ignored (A, T, Nd).
     """
     num_a, num_t, num_d = gt_ignore.shape[0], COCO_IOU_THRESHOLDS.shape[0], dt_key.shape[0]
     matched = np.zeros((num_a, num_t, num_d), bool)
@@ -193,8 +232,7 @@ def _evaluate_matches(gt_boxes, gt_key, gt_ignore, dt_boxes, dt_key):
         g_valid = g_off[None] < ng[sel][:, None]
         d_idx = np.where(d_valid, d_start[sel][:, None] + d_off, 0)
         g_idx = np.where(g_valid, g_start[sel][:, None] + g_off, 0)
-        ious = _coco_iou(dt_boxes[d_idx][:, :, None, :], gt_boxes[g_idx][:, None, :, :])
-        ious = np.where(g_valid[:, None, :], ious, -1.0)
+        ious = np.where(g_valid[:, None, :], pair_iou(d_idx, g_idx, d_valid, g_valid), -1.0)
         ignore = np.transpose(gt_ignore[:, g_idx], (1, 0, 2))
         m, mi = _match_bucket(ious, ignore, d_valid)
         flat = d_idx[d_valid]
@@ -203,8 +241,27 @@ def _evaluate_matches(gt_boxes, gt_key, gt_ignore, dt_boxes, dt_key):
     return matched, matched_ignored
 
 
-def accumulate(gt: FlatBoxes, dt: FlatBoxes, max_detections: tuple[int, ...] = COCO_MAX_DETECTIONS):
-    """pycocotools ``evaluate`` + ``accumulate`` on xywh rows.
+def _grouped_detections(dt: FlatBoxes, cat_ids: np.ndarray, num_images: int, max_det: int):
+    """Detections of ground-truth categories, grouped by (category, image), best score first.
+
+    Ties keep their input order; each group is capped at ``max_det``. Returns
+    key, category index, image, boxes, scores, rank in the group and the row in ``dt``.
+    """
+    keep = np.isin(dt.labels, cat_ids)
+    rows = np.nonzero(keep)[0]
+    cat = np.searchsorted(cat_ids, dt.labels[keep])
+    image, boxes, scores = dt.image[keep], dt.boxes[keep], dt.scores[keep]
+    key = cat * num_images + image
+    order = np.lexsort((np.arange(key.size), -scores, key))
+    key, cat, image, boxes, scores, rows = (x[order] for x in (key, cat, image, boxes, scores, rows))
+    rank = np.arange(key.size) - np.searchsorted(key, key, side="left")
+    capped = rank < max_det
+    return tuple(x[capped] for x in (key, cat, image, boxes, scores, rank, rows))
+
+
+def accumulate(gt: FlatBoxes, dt: FlatBoxes, max_detections: tuple[int, ...] = COCO_MAX_DETECTIONS,
+               iou_type: str = "bbox"):
+    """pycocotools ``evaluate`` + ``accumulate`` on xywh rows (or their masks for ``"segm"``).
 
     Returns:
         precision (T, R, K, A, M), recall (T, K, A, M) (-1 where a category
@@ -222,28 +279,25 @@ def accumulate(gt: FlatBoxes, dt: FlatBoxes, max_detections: tuple[int, ...] = C
     # Ground truth, grouped by (category, image) in input order.
     g_cat = np.searchsorted(cat_ids, gt.labels)
     g_key = g_cat * num_images + gt.image
+    segm = check_iou_type(iou_type) == "segm"
     g_order = np.argsort(g_key, kind="stable")
     g_key, g_boxes = g_key[g_order], gt.boxes[g_order]
-    g_ignore = _area_outside(g_boxes[:, 2] * g_boxes[:, 3])                 # (A, Ng)
+    g_area = gt.masks.areas[g_order] if segm else g_boxes[:, 2] * g_boxes[:, 3]
+    g_ignore = _area_outside(g_area)                                          # (A, Ng)
     npig = np.stack([np.bincount(g_cat[g_order], weights=~ig, minlength=num_k) for ig in g_ignore], 1)
 
-    # Detections of ground-truth categories, grouped, best score first within
-    # a group (ties: input order), capped at max_detections[-1] per group.
-    keep = np.isin(dt.labels, cat_ids)
-    d_cat = np.searchsorted(cat_ids, dt.labels[keep])
-    d_image, d_boxes, d_scores = dt.image[keep], dt.boxes[keep], dt.scores[keep]
-    d_key = d_cat * num_images + d_image
-    order = np.lexsort((np.arange(d_key.size), -d_scores, d_key))
-    d_key, d_cat, d_image, d_boxes, d_scores = (x[order] for x in (d_key, d_cat, d_image, d_boxes, d_scores))
-    first = np.searchsorted(d_key, d_key, side="left")
-    rank = np.arange(d_key.size) - first
-    capped = rank < max_detections[-1]
-    d_key, d_cat, d_image, d_boxes, d_scores, rank = (
-        x[capped] for x in (d_key, d_cat, d_image, d_boxes, d_scores, rank))
+    d_key, d_cat, d_image, d_boxes, d_scores, rank, d_rows = _grouped_detections(
+        dt, cat_ids, num_images, max_detections[-1])
 
-    matched, matched_ignored = _evaluate_matches(g_boxes, g_key, g_ignore, d_boxes, d_key)
+    if segm:
+        pair_iou = _mask_pair_iou(dt.masks, d_rows, gt.masks, g_order)
+        d_area = dt.masks.areas[d_rows]
+    else:
+        pair_iou = _box_pair_iou(d_boxes, g_boxes)
+        d_area = d_boxes[:, 2] * d_boxes[:, 3]
+    matched, matched_ignored = _evaluate_matches(g_key, g_ignore, d_key, pair_iou)
     # Unmatched detections outside the area range are ignored.
-    d_ignore = np.where(matched, matched_ignored, _area_outside(d_boxes[:, 2] * d_boxes[:, 3])[:, None, :])
+    d_ignore = np.where(matched, matched_ignored, _area_outside(d_area)[:, None, :])
     tps = matched & ~d_ignore
     fps = ~matched & ~d_ignore
 

@@ -173,3 +173,97 @@ def test_other_box_formats_round_trip():
     valid = a["labels"].numpy() >= 0
     np.testing.assert_allclose(convert_format(b["boxes"], "yxyx", "xyxy").numpy()[valid],
                                a["boxes"].numpy()[valid], atol=1e-4)
+
+
+# ------------------------------------------------------------------ masks
+def _rectangle_batch(rng, batch=4):
+    """White rectangles on black, two per image (left and right half), with their masks."""
+    images = np.zeros((batch, SIZE, SIZE, 3), np.float32)
+    masks = np.zeros((batch, 3, SIZE, SIZE), np.uint8)  # one padded row
+    boxes = np.zeros((batch, 3, 4), np.float32)
+    labels = np.full((batch, 3), -1, np.int32)
+    for i in range(batch):
+        for j, x0 in enumerate((2, SIZE // 2 + 2)):
+            w, h = (int(v) for v in rng.integers(8, SIZE // 2 - 6, 2))
+            x1, y1 = x0 + int(rng.integers(0, SIZE // 2 - 4 - w)), int(rng.integers(0, SIZE - h))
+            images[i, y1:y1 + h, x1:x1 + w] = 255.0
+            masks[i, j, y1:y1 + h, x1:x1 + w] = 1
+            boxes[i, j] = (x1, y1, x1 + w, y1 + h)
+            labels[i, j] = j
+    return images, {"boxes": boxes, "labels": labels, "masks": masks}
+
+
+def _check_masks_on_objects(images, out, tolerance, min_union_iou=0.85):
+    masks, boxes, labels = out["masks"].numpy(), out["boxes"].numpy(), out["labels"].numpy()
+    assert masks.dtype == np.uint8 and masks.shape[:2] == labels.shape
+    assert not masks[labels < 0].any()  # dropped and padded rows carry no mask
+    for i in range(len(images)):
+        white = images[i, ..., 0] > 127
+        for box, mask in zip(boxes[i][labels[i] >= 0], masks[i][labels[i] >= 0]):
+            ys, xs = np.nonzero(mask)
+            if len(xs) == 0:
+                continue  # a sliver whose pixels all fell between samples
+            # The mask lies on its object's pixels and inside its box.
+            assert white[mask == 1].mean() >= 0.9
+            assert xs.min() >= box[0] - tolerance and xs.max() + 1 <= box[2] + tolerance
+            assert ys.min() >= box[1] - tolerance and ys.max() + 1 <= box[3] + tolerance
+        union = masks[i].max(0) == 1
+        if white.sum() > 40:  # what the pixels show is covered by the masks
+            assert (union & white).sum() / (union | white).sum() >= min_union_iou
+
+
+@pytest.mark.parametrize("kind", sorted(GEOMETRIC))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_masks_move_with_their_boxes(kind, seed):
+    images, y = _rectangle_batch(np.random.default_rng(seed))
+    aug = Augmenter(seed=seed, min_box_size=3.0, fill_value=0.0, **NO_COLOUR, **GEOMETRIC[kind])
+    out_images, out = aug(tf.constant(images), y)
+    out_images = out_images.numpy()
+    _check_masks_on_objects(out_images, out, TOLERANCE[kind] + 1.0)
+    if kind == "flip":  # exact: the mask is the flipped rectangle and its box the mask's tight box
+        masks, boxes = out["masks"].numpy()[:, :2], out["boxes"].numpy()[:, :2]
+        for mask, box in zip(masks.reshape(-1, SIZE, SIZE), boxes.reshape(-1, 4)):
+            ys, xs = np.nonzero(mask)
+            np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+
+
+def test_masks_survive_a_fill_value_of_one():
+    # The pixel value that marks masks inside Keras' layers must differ from the fill value.
+    images, y = _rectangle_batch(np.random.default_rng(3))
+    aug = Augmenter(seed=4, fill_value=1.0, flip=None, translate=0.3, **NO_COLOUR)
+    out_images, out = aug(tf.constant(images), y)
+    _check_masks_on_objects(out_images.numpy(), out, TOLERANCE["translate"] + 1.0)
+
+
+def test_mosaic_and_mixup_move_masks():
+    images, y = _rectangle_batch(np.random.default_rng(5))
+    out_images, out = Augmenter(image_size=SIZE, flip=None, mosaic=1.0, seed=3, **NO_COLOUR)(tf.constant(images), y)
+    assert out["masks"].shape == (4, 3, SIZE, SIZE)
+    _check_masks_on_objects(out_images.numpy(), out, 2.0, min_union_iou=0.5)  # 3 rows: some objects truncated
+    wide = Augmenter(image_size=SIZE, flip=None, mosaic=1.0, seed=3, **NO_COLOUR)
+    padded = {k: np.pad(v, [(0, 0), (0, 5)] + [(0, 0)] * (v.ndim - 2), constant_values=-1 if k == "labels" else 0)
+              for k, v in y.items()}
+    out_images, out = wide(tf.constant(images), padded)  # 8 rows: every object of the mosaic fits
+    _check_masks_on_objects(out_images.numpy(), out, 2.0)
+    # MixUp keeps both images' objects with their masks, unchanged.
+    _, mixed = Augmenter(flip=None, mixup=1.0, seed=3, **NO_COLOUR)(tf.constant(images), padded)
+    pairs = {(tuple(b), m.tobytes()) for b, m, lab in zip(y["boxes"].reshape(-1, 4), y["masks"].reshape(-1, SIZE, SIZE),
+                                                           y["labels"].reshape(-1)) if lab >= 0}
+    labels = mixed["labels"].numpy()
+    got = [(tuple(b), m.tobytes()) for b, m in zip(mixed["boxes"].numpy()[labels >= 0],
+                                                   mixed["masks"].numpy()[labels >= 0])]
+    assert len(got) > 8 and all(p in pairs for p in got)
+
+
+def test_pipeline_with_masks_repeats_for_a_seed():
+    def batches(seed):
+        aug = Augmenter(image_size=SIZE, scale=(0.5, 1.5), rotate=0.05, mosaic=0.5, mixup=0.5, seed=seed)
+        ds = kdet.data.prepare(kdet.data.synthetic("train", 8, SIZE, masks=True), image_size=SIZE, batch_size=4,
+                               max_boxes=6, augmenter=aug)
+        return [(t["boxes"].numpy(), t["masks"].numpy()) for _, t in ds]
+
+    a, b = batches(1), batches(1)
+    for (ba, ma), (bb, mb) in zip(a, b):
+        np.testing.assert_array_equal(ba, bb)
+        np.testing.assert_array_equal(ma, mb)
+        assert ma.shape == (4, 6, SIZE, SIZE)

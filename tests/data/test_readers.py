@@ -290,3 +290,167 @@ def test_readers_missing_paths(tmp_path):
 def test_reader_module_import_paths_still_work():
     assert pathlib.Path(read_coco.__code__.co_filename).name == "coco.py"
     assert callable(kdet.data.coco) and callable(kdet.data.voc) and callable(kdet.data.tfds)
+
+
+# ------------------------------------------------------------ COCO masks
+def write_coco_masks(root, x, y):
+    """COCO json whose segmentations cycle through compressed RLE, uncompressed RLE and polygons."""
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    from kdet.data.segmentation import mask_to_rle_counts
+
+    path = write_coco(root, x, y)
+    data = json.loads(path.read_text())
+    anns = iter(data["annotations"])
+    for i in range(len(x)):
+        for k, mask in enumerate(y["masks"][i][y["labels"][i] >= 0]):
+            ann = next(anns)
+            kind = (ann["id"] + k) % 3
+            if kind == 0:
+                rle = mask_utils.encode(np.asfortranarray(mask))
+                ann["segmentation"] = {"counts": rle["counts"].decode("ascii"), "size": rle["size"]}
+            elif kind == 1:
+                ann["segmentation"] = {"counts": mask_to_rle_counts(mask), "size": list(mask.shape)}
+            else:  # a polygon around part of the object: pycocotools' rasterisation is the oracle
+                x1, y1, x2, y2 = ann["bbox"][0], ann["bbox"][1], ann["bbox"][0] + ann["bbox"][2], \
+                    ann["bbox"][1] + ann["bbox"][3]
+                ann["segmentation"] = [[x1, y1 + 0.3, (x1 + x2) / 2 + 0.25, y2, x2, (y1 + y2) / 2, x2 - 1.5, y1]]
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mask_arrays():
+    return kdet.data.synthetic_arrays(4, (48, 64), seed=3, masks=True)
+
+
+def test_coco_masks_equal_pycocotools_ann_to_mask(tmp_path, mask_arrays):
+    from pycocotools.coco import COCO
+
+    x, y = mask_arrays
+    path = write_coco_masks(tmp_path, x, y)
+    coco_api = COCO(str(path))
+    ds = kdet.data.coco(tmp_path, split="validation", masks=True)
+    kinds = set()
+    for i, (image, target) in enumerate(ds):
+        boxes, labels = _valid(y, i)
+        np.testing.assert_allclose(target["boxes"].numpy(), boxes, atol=1e-4)
+        masks = target["masks"].numpy()
+        anns = coco_api.loadAnns(coco_api.getAnnIds(imgIds=100 + i))
+        assert masks.shape == (len(anns), 48, 64) and masks.dtype == np.uint8
+        for mask, ann, drawn in zip(masks, anns, y["masks"][i]):
+            np.testing.assert_array_equal(mask, coco_api.annToMask(ann))
+            segmentation = ann["segmentation"]
+            if isinstance(segmentation, list):
+                kinds.add("polygon")
+            else:  # RLE: exactly the drawn shape
+                kinds.add(type(segmentation["counts"]).__name__)
+                np.testing.assert_array_equal(mask, drawn)
+    assert kinds == {"polygon", "list", "str"}  # every segmentation kind was read
+
+
+def test_coco_masks_are_resized_and_padded_with_the_boxes(tmp_path, mask_arrays):
+    x, y = mask_arrays
+    write_coco_masks(tmp_path, x, y)
+    images, target = next(iter(kdet.data.coco(tmp_path, "val", masks=True, batch_size=4, max_boxes=5,
+                                              image_size=(96, 128), resize_mode="stretch")))
+    assert target["masks"].shape == (4, 5, 96, 128) and target["masks"].dtype == tf.uint8
+    masks, labels, boxes = target["masks"].numpy(), target["labels"].numpy(), target["boxes"].numpy()
+    assert not masks[labels < 0].any()
+    for box, mask in zip(boxes[labels >= 0], masks[labels >= 0]):
+        ys, xs = np.nonzero(mask)  # a 2x stretch: the mask still spans its (scaled) box
+        assert xs.min() >= box[0] - 1 and xs.max() + 1 <= box[2] + 1
+        assert ys.min() >= box[1] - 1 and ys.max() + 1 <= box[3] + 1
+    plain = next(iter(kdet.data.coco(tmp_path, "val", batch_size=4, max_boxes=5)))[1]
+    assert "masks" not in plain
+
+
+@pytest.mark.parametrize("segmentation,message", [
+    (None, "neither polygons"),
+    ([[1, 2, 3, 4]], "at least 3"),
+    ({"counts": [1, 2], "size": [48, 64]}, "sum to 3; expected height \\* width = 3072"),
+    ({"counts": "abc", "size": [10, 10]}, "does not match the image size \\[48, 64\\]"),
+])
+def test_coco_bad_segmentation_is_reported(tmp_path, mask_arrays, segmentation, message):
+    x, y = mask_arrays
+    path = write_coco_masks(tmp_path, x, y)
+    data = json.loads(path.read_text())
+    data["annotations"].append({"id": 990, "image_id": 100, "category_id": 1, "bbox": [1, 1, 5, 5],
+                                "segmentation": segmentation})
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"annotation id 990\).*{message}"):
+        read_coco(path, on_error="raise", masks=True)
+    with pytest.warns(UserWarning, match=message):
+        records = read_coco(path, masks=True)
+    # The bad annotation is skipped with its box: masks stay row-aligned with the boxes.
+    assert [len(s) for s in records.segmentations] == [len(b) for b in records.boxes]
+    assert sum(map(len, records.boxes)) == int((y["labels"] >= 0).sum())
+    read_coco(path, on_error="raise")  # boxes alone do not need a segmentation
+
+
+# ------------------------------------------------------------ tfds masks
+def _mock_with_masks(name):
+    """One example of coco/2017_panoptic (panoptic PNG) or lvis (mask per object) with known masks."""
+    image = np.zeros((40, 80, 3), np.uint8)
+    want = np.zeros((3, 40, 80), np.uint8)
+    want[0, 4:12, 8:24] = 1
+    want[1, 20:40, 40:80] = 1            # the second object touches the bottom-right border
+    bbox = np.array([[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 0.1, 0.1]], np.float32)
+    labels = np.array([3, 7, 1], np.int64)
+    if name == "lvis":
+        objects = {"bbox": bbox, "label": labels, "id": np.arange(3), "segmentation": want[..., None] * 255}
+        return {"image": image, "objects": objects}, want, "objects"
+    ids = np.array([5, 70000, 9], np.int64)  # 70000 = 112 + 17 * 256 + 1 * 256^2; id 9 has no pixels
+    panoptic = np.zeros((40, 80, 3), np.uint8)
+    panoptic[want[0] == 1] = (5, 0, 0)
+    panoptic[want[1] == 1] = (112, 17, 1)
+    want[2] = 0
+    objects = {"bbox": bbox, "label": labels, "id": ids, "is_crowd": np.array([False, True, False])}
+    return {"image": image, "panoptic_image": panoptic, "panoptic_objects": objects}, want, "panoptic_objects"
+
+
+def _spec(value):
+    if isinstance(value, dict):
+        return {k: _spec(v) for k, v in value.items()}
+    return tf.TensorSpec((None,) * np.ndim(value), tf.as_dtype(np.asarray(value).dtype))
+
+
+@pytest.mark.parametrize("name", ["coco/2017_panoptic", "lvis"])
+def test_tfds_masks(name):
+    import tensorflow_datasets as tfds
+
+    example, want, key = _mock_with_masks(name)
+
+    def as_dataset(self, split, **kwargs):
+        return tf.data.Dataset.from_generator(lambda: iter([example]), output_signature=_spec(example))
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset, policy=tfds.testing.MockPolicy.USE_CODE):
+        (_, target), = list(kdet.data.tfds(name, split="val", masks=True, keep_ignored=True))
+        np.testing.assert_array_equal(target["masks"].numpy(), want)
+        assert target["labels"].numpy().tolist() == [3, 7, 1]
+        np.testing.assert_allclose(target["boxes"].numpy()[1], [40, 20, 80, 40], atol=1e-4)
+        (_, kept), = list(kdet.data.tfds(name, split="val", masks=True))
+        dropped = [1] if name != "lvis" else []  # the crowd segment leaves with its box and label
+        keep = [i for i in range(3) if i not in dropped]
+        np.testing.assert_array_equal(kept["masks"].numpy(), want[keep])
+        images, batch = next(iter(kdet.data.tfds(name, "val", masks=True, image_size=(20, 40), batch_size=1,
+                                                 max_boxes=4, resize_mode="stretch")))
+        assert batch["masks"].shape == (1, 4, 20, 40)
+        # Halved by nearest-neighbour resizing: the first mask keeps its rectangle exactly.
+        np.testing.assert_array_equal(batch["masks"].numpy()[0, 0], want[0, ::2, ::2])
+        assert "masks" not in list(kdet.data.tfds(name, split="val"))[0][1]
+
+
+def test_tfds_masks_unavailable_explains_where_to_find_them():
+    with pytest.raises(ValueError, match=r"'coco/2017' does not have.*coco/2017_panoptic, lvis.*kdet.data.coco"):
+        kdet.data.tfds("coco/2017", masks=True)
+    with pytest.raises(ValueError, match="'voc/2007' does not have"):
+        kdet.data.tfds("voc/2007", masks=True)
+
+
+def test_coco_mask_of_an_image_whose_file_has_another_size(tmp_path, mask_arrays):
+    x, y = mask_arrays
+    path = write_coco_masks(tmp_path, x, y)
+    Image.fromarray(x[0][:40]).save(tmp_path / "val2017" / "img0.png")  # the json still says 48 x 64
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"img0.png: mask 0 cannot be decoded at the image "
+                                                             r"size \(40, 64\)"):
+        list(kdet.data.coco(path, masks=True))
