@@ -67,6 +67,8 @@ def load_path(path: pathlib.Path, weights: Any = "default", num_classes: int | N
                          f".keras model; load it and rebuild, or use a preset directory.")
     import keras
 
+    import kdet.models  # noqa: F401  (registers kdet's classes for deserialisation, in a fresh process too)
+
     model = keras.saving.load_model(os.fspath(path), safe_mode=True)
     model = _apply_weights_argument(model, weights)
     return _swap_classes(model, num_classes)
