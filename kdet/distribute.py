@@ -10,9 +10,12 @@ writes (``strategy.extended.should_checkpoint``). What kdet adds:
   and a global step holds the same examples as a single-device step; the
   stream is fast-forwarded to a restored step for resumption.
 - :func:`write_dir` / :func:`save_on_chief`: only the chief writes the run's
-  files; the other workers save to a temporary folder that is removed (they
-  must save too: reading variables synchronised on read is a collective op),
-  as TensorFlow's multi-worker Keras guide does.
+  files; the other workers save to a temporary folder that is removed, as
+  TensorFlow's multi-worker Keras guide prescribes: reading a variable that
+  is synchronised on read (a metric's state, say) is a collective op that all
+  workers must join. (kdet's detectors save without one today: a chief-only
+  save of a RetinaNet went through in a two-worker check. Saving everywhere
+  keeps models and callbacks that do read one from hanging.)
 - :func:`fit_scope`: works around two Keras 3 steps that fail under
   ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585).
 
@@ -115,8 +118,8 @@ def write_dir(out_dir: str | os.PathLike, strategy: tf.distribute.Strategy) -> p
 def save_on_chief(model, path: str | os.PathLike, strategy: tf.distribute.Strategy) -> bool:
     """``model.save(path)`` on the chief (creating its folder); the others save to a temporary folder they remove.
 
-    Every worker saves because reading a variable synchronised on read (metric
-    states) is a collective op that all workers must join.
+    Every worker saves because reading a variable synchronised on read (a
+    metric's state) is a collective op that all workers must join.
 
     Returns:
         Whether this process wrote ``path``.

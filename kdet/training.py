@@ -284,6 +284,7 @@ def train(model="retinanet", data="synthetic", *, epochs: int = 10, batch_size: 
         validation_data: like ``data`` (a spec string reads its "validation"
             split); enables COCO mAP every ``eval_every`` epochs (logged as
             ``val_AP``, ``val_AP50``, ...) and best-checkpointing on ``val_AP``.
+            Not with a strategy of several replicas (ValueError).
         validation_steps: evaluate on this many batches only.
         learning_rate: peak learning rate (default: recipe, scaled with the batch).
         optimizer: a Keras optimizer replacing the default one.
@@ -311,6 +312,12 @@ def train(model="retinanet", data="synthetic", *, epochs: int = 10, batch_size: 
     epochs = check_positive_int("epochs", epochs)
     out_dir = pathlib.Path(out_dir)
     strategy = get_strategy(strategy)  # first: MultiWorkerMirroredStrategy must precede any TF op
+    if validation_data is not None and strategy.num_replicas_in_sync > 1:
+        # Fail now, not after the first epoch: the evaluation's predict_on_batch runs the whole
+        # batch on every replica and concatenates the copies.
+        raise ValueError(f"validation_data is not supported with {strategy.num_replicas_in_sync} replicas "
+                         "(kdet.metrics.evaluate_coco would count every image once per replica); train "
+                         "without it and evaluate the saved checkpoints with `kdet eval`.")
     keras.utils.set_random_seed(seed)
     previous_policy = keras.mixed_precision.global_policy()
     if mixed_precision:
@@ -349,7 +356,7 @@ def train(model="retinanet", data="synthetic", *, epochs: int = 10, batch_size: 
         with fit_scope(detector, strategy):
             history = detector.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                    callbacks=cbs + list(callbacks or []), verbose=verbose)
-        detector.save(folder / "final.keras")  # on every worker: saving may read synchronised variables
+        detector.save(folder / "final.keras")  # on every worker, as the callbacks save (kdet.distribute)
         (folder / "history.json").write_text(json.dumps(_jsonable(history.history), indent=1))
         has_best = (folder / "best.keras").exists()
     finally:

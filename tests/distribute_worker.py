@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 
@@ -83,6 +84,8 @@ def dataset_arrays():
 
 
 def main(out_dir: str, report: str, pause_at: int = 0) -> None:
+    # A hard limit of its own (SIGALRM ends the process), should the test that started it be gone.
+    signal.alarm(int(os.environ.get("KDET_WORKER_TIMEOUT", "600")))
     multiworker = "TF_CONFIG" in os.environ
     tf.config.experimental.enable_op_determinism()
     log = StepLog(pause_at, report)
