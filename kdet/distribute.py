@@ -240,8 +240,9 @@ def distributed_stream(examples: tf.data.Dataset, strategy: tf.distribute.Strate
 def fit_scope(model, strategy: tf.distribute.Strategy):
     """Context for ``model.fit`` under ``strategy``; works around Keras 3 under ``MultiWorkerMirroredStrategy``.
 
-    A no-op for other strategies. Two steps of Keras 3's ``fit`` fail under
-    ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585, seen with Keras 3.15):
+    A no-op for other strategies and for a cluster of one worker. Two steps of
+    Keras 3's ``fit`` fail under ``MultiWorkerMirroredStrategy`` with several
+    workers (keras-team/keras#20585, seen with Keras 3.15):
 
     1. ``fit`` averages the first (images, targets) batch over the replicas with
        ``strategy.reduce`` to build the model symbolically whenever the model
@@ -259,7 +260,10 @@ def fit_scope(model, strategy: tf.distribute.Strategy):
         >>> with fit_scope(model, strategy):  # doctest: +SKIP
         ...     model.fit(dataset, epochs=3)
     """
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    # Keras' own test for this path (trainer._collective_all_reduce_multi_worker); a cluster of
+    # one worker takes Keras' ordinary path.
+    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode()):
         yield
         return
     recorded, model._distribute_strategy = model._distribute_strategy, None
