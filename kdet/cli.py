@@ -6,7 +6,7 @@ Usage::
     kdet detect IMAGE... --model NAME [--out DIR] [--score 0.5] [--weights PATH]
     kdet export NAME_OR_PATH --format litert|tf_saved_model --out PATH
     kdet eval NAME_OR_PATH --data coco:PATH | voc:PATH | tfds:NAME | synthetic[:N]
-    kdet train CONFIG_OR_NAME --data ... --epochs N [--out model.keras]
+    kdet train CONFIG_OR_NAME --data ... --epochs N [--out model.keras] [--strategy multiworker]
 
 ``NAME_OR_PATH`` is anything ``kdet.load`` takes: a zoo name, a ``.keras``
 file or a preset directory. Results go to stdout (JSON for detect/eval);
@@ -199,23 +199,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Trains (or fine-tunes) a model and saves it as ``.keras``."""
+    """Trains (or fine-tunes) a model and saves it as ``.keras`` (on the chief only, with several workers)."""
     from kdet.validation import check_positive_int
 
     epochs = check_positive_int("--epochs", args.epochs)
     if args.from_scratch and args.weights:
         raise CLIError("--from-scratch and --weights exclude each other")
+    from kdet.distribute import fit_scope, get_strategy, save_on_chief
+
+    # First: MultiWorkerMirroredStrategy (TF_CONFIG) must exist before TensorFlow runs anything.
+    strategy = get_strategy(args.strategy)
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
-    model = _load_model(args.model, weights=None if args.from_scratch else (args.weights or "default"), **kwargs)
+    with strategy.scope():
+        model = _load_model(args.model, weights=None if args.from_scratch else (args.weights or "default"),
+                            **kwargs)
+        # No COCO metric during training: there is no validation split here, and the
+        # metric cannot be attached to a model that is already built (e.g. loaded).
+        model.compile(**({"evaluate_coco": False} if "evaluate_coco" in
+                         inspect.signature(model.compile).parameters else {}))
+    # --batch-size is the global batch. Every worker reads the data in the same order and
+    # keeps its own part of each batch (tf.data's DATA sharding), so no example is seen twice.
     train = _dataset(args.data, "train", model, args.batch_size)
-    # No COCO metric during training: there is no validation split here, and the
-    # metric cannot be attached to a model that is already built (e.g. loaded).
-    model.compile(**({"evaluate_coco": False} if "evaluate_coco" in
-                     inspect.signature(model.compile).parameters else {}))
-    model.fit(train, epochs=epochs, steps_per_epoch=args.steps, verbose=2)
+    if strategy.num_replicas_in_sync > 1:
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train = train.with_options(options)
+    with fit_scope(model, strategy):
+        model.fit(train, epochs=epochs, steps_per_epoch=args.steps, verbose=2)
     out = args.out or f"{pathlib.Path(args.model).name.removesuffix('.keras')}.keras"
-    model.save(out)
-    print(out)
+    if save_on_chief(model, out, strategy):
+        print(out)
     return EXIT_OK
 
 
@@ -268,7 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="new number of classes (keeps all but the head)")
     p.add_argument("--weights", metavar="PATH", help="initial weights (default: pretrained)")
     p.add_argument("--from-scratch", action="store_true", help="random initial weights")
-    p.add_argument("--out", metavar="PATH", help="output .keras file")
+    p.add_argument("--out", metavar="PATH", help="output .keras file (written by the chief worker only)")
+    # kdet.distribute.STRATEGIES, spelled out: building the parser must not import TensorFlow.
+    p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
+                   help="tf.distribute strategy: mirrored = all local GPUs; multiworker = the cluster of "
+                        "TF_CONFIG (run the same command on every worker)")
     p.set_defaults(func=cmd_train)
     _add_verbose_flag(parser, sub)
     return parser

@@ -11,10 +11,16 @@ forwarded to the restored optimizer step, and the interrupted epoch runs only
 its remaining steps.
 
 Distribution uses ``tf.distribute`` strategies as they are (no home-made
-distribution code): pass ``strategy="mirrored"`` (all local GPUs) or any
-strategy object, e.g. ``tf.distribute.MultiWorkerMirroredStrategy()`` or
-``tf.distribute.TPUStrategy(resolver)``; the model and optimizer are then
-built in ``strategy.scope()`` and ``batch_size`` is the global batch.
+distribution code): pass ``strategy="mirrored"`` (all local GPUs),
+``"multiworker"`` (``MultiWorkerMirroredStrategy`` over the workers of
+``TF_CONFIG``) or any strategy object, e.g. ``tf.distribute.TPUStrategy(resolver)``;
+the model and optimizer are then built in ``strategy.scope()`` and
+``batch_size`` is the global batch. Each input pipeline (one per worker) reads
+its own shard of every epoch's shuffled examples, so no example is seen twice
+per epoch, and one global step holds the same examples as a single-device
+step. Only the chief writes to ``out_dir``; the other workers write their
+(identical) checkpoints to a temporary folder that is removed, as the
+TensorFlow multi-worker guide does (:mod:`kdet.distribute`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 from typing import Any, Callable
 
 import keras
@@ -33,6 +40,8 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.config import SCRATCH_RECIPE, TrainingRecipe
+from kdet.distribute import STRATEGIES, get_strategy, is_chief  # noqa: F401  (public here too)
+from kdet.distribute import distributed_stream, fit_scope, write_dir
 from kdet.validation import check_image_size, check_positive_int
 
 logger = logging.getLogger("kdet.training")
@@ -96,17 +105,6 @@ def make_optimizer(defaults: TrainingDefaults, total_steps: int, batch_size: int
     return keras.optimizers.Adam(schedule, weight_decay=defaults.weight_decay or None, global_clipnorm=10.0)
 
 
-def get_strategy(strategy):
-    """None / "default" -> the default strategy; "mirrored" -> ``MirroredStrategy()``; objects pass through."""
-    if strategy is None or strategy == "default":
-        return tf.distribute.get_strategy()
-    if strategy == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if isinstance(strategy, tf.distribute.Strategy):
-        return strategy
-    raise ValueError(f"strategy must be None, 'mirrored' or a tf.distribute.Strategy; received {strategy!r}.")
-
-
 def build_model(model, num_classes: int | None = None, image_size=None, backbone: str | None = None,
                 weights=None, class_names=None):
     """Turns ``model`` (architecture name, zoo name, ``.keras`` path, callable or Detector) into a Detector."""
@@ -168,24 +166,32 @@ class _ResumableBackup(keras.callbacks.BackupAndRestore):
     Keras restarts an interrupted epoch from its first batch (repeating the
     steps done before the backup); here the epoch to resume and the steps left
     in it come from ``optimizer.iterations``, which the backup restores.
+
+    Every worker restores from ``backup_dir`` (the chief's backup, on storage all
+    workers read) and writes its backups to ``write_dir`` (``backup_dir`` on the
+    chief, a temporary folder on the other workers).
     """
 
-    def __init__(self, backup_dir, steps_per_epoch: int, save_freq="epoch"):
-        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=True)
+    def __init__(self, backup_dir, steps_per_epoch: int, save_freq="epoch", write_dir=None):
+        super().__init__(write_dir or backup_dir, save_freq=save_freq, delete_checkpoint=True)
+        self.restore_path = os.path.join(backup_dir, "latest.weights.h5")
         self.steps_per_epoch = steps_per_epoch
         self.partial = None  # (epoch, steps left in it) after a mid-epoch restore
         self._epoch = 0
         self._stopped_here = False
 
     def _load_model(self):
-        super()._load_model()
+        if os.path.isfile(self.restore_path):
+            if self.model.optimizer is not None and not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(self.restore_path)
         done = int(self.model.optimizer.iterations.numpy())
         epoch, offset = divmod(done, self.steps_per_epoch)
         self.model._initial_epoch = epoch  # the attribute BackupAndRestore itself sets
         self.partial = (epoch, self.steps_per_epoch - offset) if offset else None
         if done:
             logger.warning("kdet.training: resumed from %s at step %d (epoch %d, step %d of it).",
-                           self.backup_dir, done, epoch + 1, offset)
+                           self.restore_path, done, epoch + 1, offset)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -202,17 +208,6 @@ class _ResumableBackup(keras.callbacks.BackupAndRestore):
             self.model.stop_training = False  # only the epoch ends, not the training
             self.partial = None
         super().on_epoch_end(epoch, logs)
-
-
-def _stream(examples, image_size, batch_size, max_boxes, augmenter, seed, start_step):
-    from kdet.data.pipeline import prepare
-
-    size = int(examples.cardinality())
-    stream = prepare(examples, image_size=image_size, batch_size=batch_size, max_boxes=max_boxes,
-                     augmenter=augmenter, shuffle_buffer=max(size, 1) if size > 0 else 1024, seed=seed,
-                     repeat=True, drop_remainder=True, prefetch=False)
-    # Fast-forward through the same stream (skip runs the augmenter, so its random state matches too).
-    return stream.skip(start_step).prefetch(tf.data.AUTOTUNE)
 
 
 def _restored_step(backup_dir: pathlib.Path, model) -> int:
@@ -244,22 +239,28 @@ def train(model="retinanet", data="synthetic", *, epochs: int = 10, batch_size: 
             arrays, or ``synthetic[:N]`` / ``coco:PATH`` / ``voc:PATH`` /
             ``yolo:PATH`` / ``tfds:NAME``.
         epochs: number of epochs.
-        batch_size: global batch size (default: the architecture's recipe).
-        steps_per_epoch: default: one pass over the data.
+        batch_size: global batch size (default: the architecture's recipe); a
+            multiple of the replicas in sync.
+        steps_per_epoch: default: one pass over the data (``size // batch_size``
+            steps; each pass drops its last incomplete batch).
         num_classes, backbone, image_size, weights: passed to the builder / ``kdet.load``.
         validation_data: like ``data`` (a spec string reads its "validation"
             split); enables COCO mAP every ``eval_every`` epochs (logged as
             ``val_AP``, ``val_AP50``, ...) and best-checkpointing on ``val_AP``.
+            Not with a strategy of several replicas (ValueError).
         validation_steps: evaluate on this many batches only.
         learning_rate: peak learning rate (default: recipe, scaled with the batch).
         optimizer: a Keras optimizer replacing the default one.
         augment: True for ``kdet.data.Augmenter()`` defaults, False, or an augmenter.
         max_boxes: padded box rows per image.
         out_dir: run folder: ``logs/`` (TensorBoard, when installed), ``history.csv``,
-            ``backup/``, ``best.keras``, ``final.keras``.
+            ``backup/``, ``best.keras``, ``final.keras``. Only the chief writes
+            it; with several workers it must be on storage they all read
+            (the backup they resume from).
         backup_every: back up every this many steps, or "epoch".
         mixed_precision: train with the ``mixed_float16`` policy.
-        strategy: None, "mirrored" or a ``tf.distribute.Strategy``.
+        strategy: None, "mirrored", "multiworker" or a ``tf.distribute.Strategy``
+            (see :func:`get_strategy`).
         seed: seed of weights initialisation, shuffling and augmentation.
         verbose: Keras ``fit`` verbosity ("auto": progress bars).
         callbacks: extra Keras callbacks.
@@ -273,8 +274,14 @@ def train(model="retinanet", data="synthetic", *, epochs: int = 10, batch_size: 
     """
     epochs = check_positive_int("epochs", epochs)
     out_dir = pathlib.Path(out_dir)
+    strategy = get_strategy(strategy)  # first: MultiWorkerMirroredStrategy must precede any TF op
+    if validation_data is not None and strategy.num_replicas_in_sync > 1:
+        # Fail now, not after the first epoch: the evaluation's predict_on_batch runs the whole
+        # batch on every replica and concatenates the copies.
+        raise ValueError(f"validation_data is not supported with {strategy.num_replicas_in_sync} replicas "
+                         "(kdet.metrics.evaluate_coco would count every image once per replica); train "
+                         "without it and evaluate the saved checkpoints with `kdet eval`.")
     keras.utils.set_random_seed(seed)
-    strategy = get_strategy(strategy)
     previous_policy = keras.mixed_precision.global_policy()
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -298,18 +305,26 @@ def train(model="retinanet", data="synthetic", *, epochs: int = 10, batch_size: 
         # Augmentation happens in the data pipeline, seeded, so a resumed run replays it.
         detector.compile(optimizer=opt, evaluate_coco=False, augment=None)
     backup_dir = out_dir / "backup"
-    start_step = _restored_step(backup_dir, detector)
-    augmenter = _augmenter(augment, net_size, seed)
-    train_ds = _stream(examples, net_size, batch_size, max_boxes, augmenter, seed, start_step)
-    cbs = _callbacks(detector, validation_data, validation_steps, eval_every, out_dir, backup_dir,
-                     steps_per_epoch, backup_every, batch_size, max_boxes, net_size, seed)
-    history = detector.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                           callbacks=cbs + list(callbacks or []), verbose=verbose)
-    final_path = out_dir / "final.keras"
-    detector.save(final_path)
-    best = out_dir / "best.keras"
-    (out_dir / "history.json").write_text(json.dumps(_jsonable(history.history), indent=1))
-    return TrainResult(detector, history.history, out_dir, best if best.exists() else None, final_path, start_step)
+    with strategy.scope():  # restoring may build the optimizer's (distributed) variables
+        start_step = _restored_step(backup_dir, detector)
+    train_ds = distributed_stream(examples, strategy, batch_size, start_step=start_step, seed=seed,
+                                  make_augmenter=lambda pipeline_seed: _augmenter(augment, net_size, pipeline_seed),
+                                  image_size=net_size, max_boxes=max_boxes)
+    folder = write_dir(out_dir, strategy)  # out_dir on the chief only
+    try:
+        cbs = _callbacks(detector, validation_data, validation_steps, eval_every, folder, backup_dir,
+                         steps_per_epoch, backup_every, batch_size, max_boxes, net_size, seed)
+        with fit_scope(detector, strategy):
+            history = detector.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                   callbacks=cbs + list(callbacks or []), verbose=verbose)
+        detector.save(folder / "final.keras")  # on every worker, as the callbacks save (kdet.distribute)
+        (folder / "history.json").write_text(json.dumps(_jsonable(history.history), indent=1))
+        has_best = (folder / "best.keras").exists()
+    finally:
+        if folder != out_dir:
+            shutil.rmtree(folder, ignore_errors=True)
+    return TrainResult(detector, history.history, out_dir, out_dir / "best.keras" if has_best else None,
+                       out_dir / "final.keras", start_step)
 
 
 def _augmenter(augment, image_size, seed):
@@ -322,6 +337,7 @@ def _augmenter(augment, image_size, seed):
 
 def _callbacks(detector, validation_data, validation_steps, eval_every, out_dir, backup_dir, steps_per_epoch,
                backup_every, batch_size, max_boxes, image_size, seed):
+    """The callbacks of :func:`train`; all of them write into ``out_dir`` (this worker's write folder)."""
     from kdet.data.pipeline import prepare
     from kdet.metrics import COCOEvaluationCallback
 
@@ -336,7 +352,8 @@ def _callbacks(detector, validation_data, validation_steps, eval_every, out_dir,
                                           frequency=eval_every, steps=validation_steps))
         if eval_every == 1:
             monitor, mode = "val_AP", "max"
-    cbs.append(_ResumableBackup(str(backup_dir), steps_per_epoch, save_freq=backup_every))
+    cbs.append(_ResumableBackup(str(backup_dir), steps_per_epoch, save_freq=backup_every,
+                                write_dir=str(out_dir / "backup")))
     cbs.append(keras.callbacks.ModelCheckpoint(str(out_dir / "best.keras"), monitor=monitor, mode=mode,
                                                save_best_only=True))
     cbs.append(keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True))

@@ -108,6 +108,10 @@ MIRRORED = textwrap.dedent("""
                        strategy=strategy)
         losses[name] = result.history["loss"]
         losses[name + "_replicas"] = (strategy or tf.distribute.get_strategy()).num_replicas_in_sync
+    try:  # validation cannot run on several replicas yet: refused before anything is built
+        train(lambda: 1 / 0, "synthetic:16", validation_data="synthetic:4", strategy=mirrored)
+    except ValueError as error:
+        losses["validation_error"] = str(error)
     print("LOSSES" + json.dumps(losses))
 """).format(tests=str(REPO / "tests"))
 
@@ -131,6 +135,7 @@ def test_mirrored_strategy_matches_one_device(mirrored_losses):
     # that the detector's loss is divided by the number of replicas.
     np.testing.assert_allclose(losses["two"], losses["one"], rtol=0.05)
     assert losses["one"][-1] < losses["one"][0]
+    assert "validation_data is not supported with 2 replicas" in losses["validation_error"]
 
 
 def test_recipes_and_optimizer_schedule():
