@@ -55,19 +55,37 @@ def _pad_one(cand):
     return out
 
 
-def _preselect(scores, best, boxes, per_class, k, score_threshold, in_order=True):
-    """The best ``k`` candidates of ``scores`` (B, N, C).
+def _candidate_dict(values, rows, classes, boxes, per_class, num_classes):
+    """Candidate fields (B, K + 1) from scores, rows and classes (B, K)."""
+    flat = rows * num_classes + classes
+    orig = tf.gather(boxes, flat if per_class else rows, batch_dims=1)
+    return _pad_one({"scores": values, "classes": classes, "flat": flat, "rows": rows,
+                     "orig": orig, "boxes": _canonical(orig)})
+
+
+def _first_max(x, axis):
+    """(max, first index of the max) along ``axis``, as two plain reductions.
+
+    XLA's CPU argmax is a variadic reduction that costs about 3x more.
+    """
+    top = tf.reduce_max(x, axis=axis)
+    size = tf.shape(x)[axis]
+    index = tf.reshape(tf.range(size), [-1] + [1] * (len(x.shape) - 1 - axis))
+    first = tf.reduce_min(tf.where(x == tf.expand_dims(top, axis), index, size), axis=axis)
+    return top, first
+
+
+def _preselect(scores, best, boxes, per_class, k, score_threshold):
+    """The first ``k`` candidates of ``scores`` (B, N, C) in global order.
 
     ``best`` (B, N) is each row's best score; boxes (B, N, 4) shared, or
     (B, N * C, 4) if ``per_class``. Pairs already visited, or not above the
     threshold, may be -inf in both. Returns a dict of (B, K + 1) tensors
-    (sub-threshold and padding rows score -inf), the last pair taken (score,
-    flat) (B,) each, and whether that was every candidate left (B,). The
-    two-stage top-k is exact: each of the top-k pairs lies in one of the
-    top-k rows ranked by best score (ties: lower row first). With
-    ``in_order`` the K pairs are the first K in global order; without it
-    (for a round known to hold every candidate) tied scores may come in any
-    order, which saves sorting the rows.
+    (sub-threshold and padding rows score -inf) sorted by score then flat
+    index, the last pair taken (score, flat) (B,) each, and whether that was
+    every candidate left (B,). The two-stage top-k is exact: each of the
+    top-k pairs lies in one of the top-k rows ranked by best score (ties:
+    lower row first).
     """
     batch, num_rows, num_classes = tf.shape(scores)[0], tf.shape(scores)[1], scores.shape[-1]
     k_rows = tf.minimum(k, num_rows)
@@ -76,33 +94,22 @@ def _preselect(scores, best, boxes, per_class, k, score_threshold, in_order=True
         classes = tf.zeros_like(rows)
     else:
         _, rows = tf.math.top_k(best, k=k_rows)
-        if in_order:
-            rows = tf.sort(rows, axis=-1)  # flat-index order so stage-2 ties match
+        rows = tf.sort(rows, axis=-1)  # flat-index order so stage-2 ties match
         row_scores = tf.reshape(tf.gather(scores, rows, batch_dims=1), [batch, -1])
         row_scores = tf.where(row_scores > score_threshold, row_scores, -np.inf)
         values, pos = tf.math.top_k(row_scores, k=tf.minimum(k, k_rows * num_classes))
         classes = pos % num_classes
         rows = tf.gather(rows, pos // num_classes, batch_dims=1)
     values = tf.where(values > score_threshold, values, -np.inf)
-    flat = rows * num_classes + classes
-    orig = tf.gather(boxes, flat if per_class else rows, batch_dims=1)
-    cand = {"scores": values, "classes": classes, "flat": flat, "rows": rows,
-            "orig": orig, "boxes": _canonical(orig)}
+    cand = _candidate_dict(values, rows, classes, boxes, per_class, num_classes)
     # The last pair by reductions over whole rows, not a gather at K - 1: XLA
     # turns a sort read only by a [0, k) slice into its fast TopK, and an
     # element read at K - 1 makes it keep the full sort (25x slower on CPU).
     last_score = tf.reduce_min(values, axis=1)
+    flat = rows * num_classes + classes
     last_flat = tf.reduce_max(tf.where(values == last_score[:, None], flat, -1), axis=1)
     exhausted = (tf.shape(values)[1] < k) | (last_score == -np.inf)
-    return _pad_one(cand), (last_score, last_flat), exhausted
-
-
-def _candidate_dict(values, rows, classes, boxes, per_class, num_classes):
-    """Candidate fields (B, K + 1) from scores, rows and classes (B, K)."""
-    flat = rows * num_classes + classes
-    orig = tf.gather(boxes, flat if per_class else rows, batch_dims=1)
-    return _pad_one({"scores": values, "classes": classes, "flat": flat, "rows": rows,
-                     "orig": orig, "boxes": _canonical(orig)})
+    return cand, (last_score, last_flat), exhausted
 
 
 def _few_candidates(scores, best, boxes, per_class, k, score_threshold):
@@ -121,8 +128,10 @@ def _few_candidates(scores, best, boxes, per_class, k, score_threshold):
         complete = tf.fill([batch], True)
     else:
         index = tf.cast(tf.range(tf.shape(scores)[1]), tf.float32)[None]
-        keys, rows = tf.math.top_k(tf.where(best > -np.inf, -index, -np.inf), k=k)
-        complete = tf.reduce_min(keys, axis=1) == -np.inf  # fewer than k rows
+        keys, rows = tf.math.top_k(tf.where(best > -np.inf, -index, -np.inf),
+                                   k=tf.minimum(k, tf.shape(scores)[1]))
+        # Every candidate row taken: fewer than k of them, or fewer rows than k.
+        complete = (tf.reduce_min(keys, axis=1) == -np.inf) | (tf.shape(keys)[1] < k)
     if num_classes == 1:
         return _candidate_dict(tf.gather(best, rows, batch_dims=1), rows, tf.zeros_like(rows),
                                boxes, per_class, 1), complete
@@ -131,9 +140,8 @@ def _few_candidates(scores, best, boxes, per_class, k, score_threshold):
     ids = tf.range(num_classes)
     picks = []
     for _ in range(2):
-        cls = tf.argmax(found, axis=2, output_type=tf.int32)
-        picks.append((tf.reduce_max(found, axis=2), cls))
-        found = tf.where(ids == cls[:, :, None], -np.inf, found)
+        picks.append(_first_max(found, axis=2))
+        found = tf.where(ids == tf.expand_dims(picks[-1][1], 2), -np.inf, found)
     complete &= tf.reduce_all(tf.reduce_max(found, axis=2) == -np.inf, axis=1)
     (v1, c1), (v2, c2) = picks
     swap = c2 < c1  # lower class first: flat-index order inside a row
@@ -174,10 +182,7 @@ def greedy(live, suppressed_by, classes, count, counts, cap, size):
         counts = tf.zeros([batch, 1], tf.int32)
 
     def body(live, sel, count, counts, going):
-        # First position of the maximum. Two plain reductions: XLA's CPU argmax
-        # (a variadic reduction) costs about 3x more per step.
-        top = tf.reduce_max(live, axis=1)
-        j = tf.reduce_min(tf.where(live == top[:, None], pos, tf.shape(live)[1]), axis=1)
+        top, j = _first_max(live, axis=1)
         ok = (top > -np.inf) & (count < size)
         drop = suppressed_by(j) | (pos == j[:, None])
         if use_cap:
