@@ -29,9 +29,8 @@ class CombinedNMS(keras.layers.Layer):
     NMS runs as nested XLA-compiled functions, compiled once per input shape
     (about a second on CPU), because it is a loop of small steps that
     TensorFlow's graph executor runs slowly; a ``jit_compile=True`` model
-    compiles it with the rest. With trained detectors' scores it is then at
-    least as fast as TensorFlow's kernel on CPU for most sizes (see
-    ``benchmarks/nms.py``).
+    compiles it with the rest. ``benchmarks/nms.py`` times it against
+    TensorFlow's kernel on both paths.
 
     Args:
         max_output_size_per_class: most detections kept per class and image.
