@@ -25,6 +25,13 @@ class CombinedNMS(keras.layers.Layer):
     runs at any batch size. Inputs are cast to float32, so the layer also
     works inside mixed-precision models.
 
+    In graph mode (``predict`` on a CPU-only machine, SavedModel serving) the
+    NMS runs as nested XLA-compiled functions, compiled once per input shape
+    (about a second on CPU), because it is a loop of small steps that
+    TensorFlow's graph executor runs slowly; a ``jit_compile=True`` model
+    compiles it with the rest. ``benchmarks/nms.py`` times it against
+    TensorFlow's kernel on both paths.
+
     Args:
         max_output_size_per_class: most detections kept per class and image.
         max_total_size: K, detections returned per image (padded).

@@ -3,32 +3,53 @@
 ``tf.image.combined_non_max_suppression`` is a CPU-only kernel: it does not
 compile with ``jit_compile=True`` and needs Flex ops in LiteRT. This module
 re-implements its semantics with static-shape TensorFlow ops only (top-k,
-gathers, comparisons, cumsum, while loops), so one graph runs eagerly, under
-XLA and in a builtin-only ``.tflite`` file.
+gathers, reductions, while loops; kernels in :mod:`kdet.ops._nms_core`), so
+one graph runs eagerly, under XLA and in a builtin-only ``.tflite`` file.
 
 How hard NMS works here:
 
-1. Pre-selection. Every (box, class) pair with ``score > score_threshold`` is
-   a candidate. Candidates are visited in one global order (score
-   descending, then flat index ``box * C + class`` ascending) in rounds of
-   ``_ROUND_SIZE``; a two-stage top-k (best rows by their best class score,
-   then best pairs among those rows) returns the next round exactly.
-2. Tiles. A round is processed in tiles of ``_TILE`` candidates. A tile is
-   suppressed by the boxes already selected (a buffer of ``max_total_size``
-   rows), then by itself: greedy NMS inside a tile is the unique fixed point
-   of ``keep[j] = alive[j] and not any(keep[i] and iou[i, j] > t, i < j)``,
-   reached by iterating that vectorised update (every iteration settles at
-   least one more position; a handful usually suffice).
-3. Exactness. Whether a candidate survives depends only on higher-ranked
-   candidates of its class, so the first ``max_total_size`` selections in
-   global order are exactly TensorFlow's output: rounds go on until they are
-   found or candidates run out (``pre_nms_top_k`` caps this, for speed).
+1. Candidates. Every (box, class) pair with ``score > score_threshold`` is a
+   candidate. A trained detector leaves few of them, so the usual path takes
+   them all at once, in flat-index order (``box * C + class``) and without
+   sorting: one top-k on the negated indices of the rows holding any (or
+   every row, for up to ``ALL_ROWS`` boxes), then each row's two best
+   classes. A batch without candidates stops before any top-k, and one
+   with more candidates than that path holds (dense scores) is visited in
+   global order instead (score descending, then flat index) in rounds of
+   ``ROUND_SIZE``, from an exact two-stage top-k (best rows by their best
+   class score, then best pairs among those rows).
+2. Greedy selection, as TensorFlow's kernel does it: the best remaining
+   candidate is selected (equal scores: lowest flat index), then the
+   candidates of its class that overlap it by IoU ``> iou_threshold`` are
+   removed (all of its class once the class holds
+   ``max_output_size_per_class``); repeat until no candidate remains or
+   ``max_total_size`` are selected. A step is a few reductions over the
+   candidates, and there are as many steps as selections.
+3. Later rounds first remove the candidates that overlap a box selected
+   earlier.
 
+Whether a candidate survives depends only on higher-ranked candidates of its
+class, so the first ``max_total_size`` selections in global order are exactly
+TensorFlow's output (``pre_nms_top_k`` caps the candidates, for speed).
 Classes do not interact because suppression is masked by label equality,
-which is the class-offset trick without touching coordinates. IoU mirrors
-TensorFlow's kernel operation for operation, so thresholds flip at the same
-values. Ties in score are broken by the lower flat index (TensorFlow's own
-combined kernel uses an unstable heap, so tied results may differ in order).
+which is the class-offset trick without touching coordinates. TensorFlow's
+combined kernel orders tied scores with an unstable heap, so tied results
+may differ from it in order, never in content.
+
+IoU is :func:`kdet.ops.boxes.aligned_iou` / :func:`kdet.ops.boxes.iou` (the
+library's one IoU) on boxes whose corners were put in order first: its
+operations (``iw * ih``, ``(area1 + area2) - inter``, one division, 0 for
+empty boxes) give the same bits as ``IOU`` in TensorFlow's
+non_max_suppression_op.cc, so thresholds flip at the same values.
+
+Inside a ``tf.function`` (Keras ``predict`` included) the computation runs as
+nested XLA-compiled functions (``jit_compile=True``): TensorFlow's graph
+executor pays a per-operation cost at every step of the greedy loop, which
+made graph mode 5-10x slower than TensorFlow's kernel. Each function
+compiles once per input shape (about a second on a 2-core CPU); the rounds
+for dense scores compile only when an input needs them. Eager calls run
+operation by operation (nothing to compile), and LiteRT conversion inlines
+the nested functions into builtin operators.
 
 Reference: Bodla et al., "Soft-NMS -- Improving Object Detection With One
 Line of Code", ICCV 2017 (Gaussian decay with TensorFlow's
@@ -37,276 +58,54 @@ Line of Code", ICCV 2017 (Gaussian decay with TensorFlow's
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import tensorflow as tf
 
+from kdet.ops import _nms_core as core
 from kdet.validation import check_positive_int, check_probability
 
-# Candidates pre-selected per round and processed per tile. Tuned on CPU with
-# benchmarks/nms.py; any positive values give the same results.
-_ROUND_SIZE = 1024
-_TILE = 128
+# Buffer fields that combined_nms returns.
+_OUTPUTS = ("orig", "scores", "classes", "count")
 
 
-def _iou_matrix(a, b, area_a, area_b):
-    """IoU of canonical xyxy boxes a (B, S, 4) and b (B, T, 4) -> (B, S, T).
+def _compiled(kernel, keys: tuple, settings: tuple):
+    """``kernel(a, b, *settings)`` restricted to ``keys``, as one XLA-compiled function."""
+    # The kernels' sizes are part of the key: a function traced with other
+    # values (tests change them) must not be reused.
+    return _compiled_for(kernel, keys, settings, (core.ROUND_SIZE, core.ALL_ROWS))
 
-    Same operations as TensorFlow's ``IOU`` in non_max_suppression_op.cc: a box
-    with non-positive area has IoU 0 with everything.
+
+@functools.lru_cache(maxsize=None)
+def _compiled_for(kernel, keys, settings, sizes):
+    del sizes  # only part of the cache key
+    return tf.function(lambda a, b: _pick(kernel(a, b, *settings), keys), jit_compile=True,
+                       autograph=False)
+
+
+def _pick(out, keys):
+    return {key: out[key] for key in keys}
+
+
+def _run(kernel, keys, a, b, *settings):
+    """Runs an NMS kernel: eagerly op by op, or inside a graph as nested XLA functions.
+
+    Returns the output fields ``keys``. Hard NMS is split in two launches:
+    the one-round path, and the ordered rounds, compiled and run only when
+    the first reports an image with too many candidates.
     """
-    a = a[:, :, None, :]
-    b = b[:, None, :, :]
-    ih = tf.maximum(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]), 0.0)
-    iw = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0.0)
-    inter = ih * iw
-    area_a = area_a[:, :, None]
-    area_b = area_b[:, None, :]
-    positive = (area_a > 0.0) & (area_b > 0.0)
-    union = tf.where(positive, area_a + area_b - inter, 1.0)
-    return tf.where(positive, inter / union, 0.0)
-
-
-def _canonical(boxes):
-    """Orders each box's corners (x1 <= x2, y1 <= y2); returns (boxes, area)."""
-    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
-    xmin, xmax = tf.minimum(x1, x2), tf.maximum(x1, x2)
-    ymin, ymax = tf.minimum(y1, y2), tf.maximum(y1, y2)
-    return tf.stack([xmin, ymin, xmax, ymax], axis=-1), (ymax - ymin) * (xmax - xmin)
-
-
-def _preselect(scores, boxes, per_class, after, k, score_threshold, tile):
-    """The next ``k`` candidates in global order, after the pairs already visited.
-
-    scores (B, N, C); boxes (B, N, 4) shared, or (B, N * C, 4) if ``per_class``;
-    ``after`` = (last_score, last_flat) (B,) each: pairs at or before it are
-    skipped. Returns a dict of (B, K) tensors padded with -inf scores to a
-    multiple of ``tile`` (at least one padding row), and the real count k'.
-    The two-stage top-k is exact: each of the top-k pairs lies in one of the
-    top-k rows ranked by best remaining score (ties: lower row first).
-    """
-    batch, num_rows, num_classes = tf.shape(scores)[0], tf.shape(scores)[1], scores.shape[-1]
-    last_score, last_flat = after
-
-    def mask_visited():
-        flat_ids = tf.reshape(tf.range(num_rows * num_classes), [1, -1, num_classes])
-        later = (scores < last_score[:, None, None]) | (
-            (scores == last_score[:, None, None]) & (flat_ids > last_flat[:, None, None]))
-        return tf.where(later, scores, -np.inf)
-
-    # The first round needs no pass over all B*N*C scores (the costly part):
-    # sub-threshold pairs are masked after the small gathers instead.
-    masked = tf.cond(tf.reduce_all(last_score == np.inf), lambda: scores, mask_visited)
-    k_rows = tf.minimum(k, num_rows)
-    if num_classes == 1:
-        values, rows = tf.math.top_k(masked[..., 0], k=k_rows)
-        classes = tf.zeros_like(rows)
-    else:
-        _, rows = tf.math.top_k(tf.reduce_max(masked, axis=-1), k=k_rows)
-        rows = tf.sort(rows, axis=-1)  # flat-index order so stage-2 ties match
-        row_scores = tf.reshape(tf.gather(masked, rows, batch_dims=1), [batch, -1])
-        row_scores = tf.where(row_scores > score_threshold, row_scores, -np.inf)
-        values, pos = tf.math.top_k(row_scores, k=tf.minimum(k, k_rows * num_classes))
-        classes = pos % num_classes
-        rows = tf.gather(rows, pos // num_classes, batch_dims=1)
-    values = tf.where(values > score_threshold, values, -np.inf)
-    flat = rows * num_classes + classes
-    orig = tf.gather(boxes, flat if per_class else rows, batch_dims=1)
-    canon, area = _canonical(orig)
-    count = tf.shape(values)[1]
-    pad = tile - count % tile
-    cand = {"scores": values, "classes": classes, "flat": flat, "rows": rows,
-            "orig": orig, "boxes": canon, "area": area}
-    for name, value in cand.items():
-        fill = tf.cast(-np.inf if name == "scores" else 0, value.dtype)
-        pads = [[0, 0], [0, pad]] + [[0, 0]] * (len(value.shape) - 2)
-        cand[name] = tf.pad(value, pads, constant_values=fill)
-    return cand, count
-
-
-def _empty_buffer(batch, size):
-    """Selected-detection buffer: (B, size) rows plus per-image counts."""
-    return {"orig": tf.zeros([batch, size, 4]), "boxes": tf.zeros([batch, size, 4]),
-            "area": tf.zeros([batch, size]), "scores": tf.zeros([batch, size]),
-            "classes": tf.fill([batch, size], -1), "flat": tf.zeros([batch, size], tf.int32),
-            "rows": tf.zeros([batch, size], tf.int32), "count": tf.zeros([batch], tf.int32)}
-
-
-def _append(buf, cand, new, size):
-    """Writes candidates flagged ``new`` (B, S), in order, after buf['count']."""
-    pos = buf["count"][:, None] + tf.cumsum(tf.cast(new, tf.int32), axis=1, exclusive=True)
-    slots = tf.range(size)[None, :, None]
-    match = (new & (pos < size))[:, None, :] & (pos[:, None, :] == slots)  # (B, size, S)
-    filled = tf.reduce_any(match, axis=2)
-    src = tf.argmax(tf.cast(match, tf.int32), axis=2, output_type=tf.int32)
-    out = {}
-    for name, value in buf.items():
-        if name == "count":
-            continue
-        taken = tf.gather(cand[name], src, batch_dims=1)
-        mask = filled[:, :, None] if len(value.shape) == 3 else filled
-        out[name] = tf.where(mask, taken, value)
-    out["count"] = tf.minimum(buf["count"] + tf.reduce_sum(tf.cast(new, tf.int32), axis=1), size)
-    return out
-
-
-def _hard_tile(buf, cand, iou_threshold, cap, size, agnostic):
-    """Greedy hard NMS of one tile of candidates (dict of (B, S)) given the buffer."""
-    tile = cand["scores"].shape[1]
-    classes = cand["classes"]
-    hit = _iou_matrix(cand["boxes"], buf["boxes"], cand["area"], buf["area"]) > iou_threshold
-    same_buf = classes[:, :, None] == buf["classes"][:, None, :]  # padding rows are -1
-    if not agnostic:
-        hit &= same_buf  # padded buffer rows have area 0, hence never hit
-    alive = (cand["scores"] > -np.inf) & ~tf.reduce_any(hit, axis=2)
-    earlier = tf.constant(np.triu(np.ones((tile, tile), bool), 1))[None]  # i < j
-    same = classes[:, :, None] == classes[:, None, :]
-    suppress = (_iou_matrix(cand["boxes"], cand["boxes"], cand["area"], cand["area"])
-                > iou_threshold) & earlier
-    if not agnostic:
-        suppress &= same
-    prior = tf.reduce_sum(tf.cast(same_buf, tf.int32), axis=2) if cap < size else None
-    same_earlier = same & earlier
-
-    suppress = tf.cast(suppress, tf.float32)  # a matmul counts suppressors fastest
-
-    def update(keep):
-        hits = tf.matmul(tf.cast(keep, tf.float32)[:, None, :], suppress)[:, 0, :]
-        new = alive & (hits == 0.0)
-        if prior is not None:  # per-class cap binds: earlier kept pairs count
-            rank = prior + tf.reduce_sum(tf.cast(same_earlier & keep[:, :, None], tf.int32), 1)
-            new &= rank < cap
-        return new
-
-    first = update(alive)
-    keep, _ = tf.while_loop(
-        lambda keep, prev: tf.reduce_any(keep != prev),
-        lambda keep, prev: (update(keep), keep),
-        (update(first), first))
-    return _append(buf, cand, keep, size)
-
-
-def _tile_slice(value, i):
-    """Tile ``i`` of a (B, K, ...) tensor; tf.slice, as XLA's dynamic strided slice is slow."""
-    begin = [0, i * _TILE] + [0] * (len(value.shape) - 2)
-    out = tf.slice(value, begin, [-1, _TILE] + [-1] * (len(value.shape) - 2))
-    out.set_shape([None, _TILE] + value.shape[2:])
-    return out
-
-
-def _hard_nms(scores, boxes, per_class, score_threshold, iou_threshold, cap, size, agnostic,
-              top_k):
-    """Exact multi-class greedy NMS in rounds of pre-selected candidates."""
-    batch = tf.shape(scores)[0]
-    round_size = top_k or _ROUND_SIZE
-    max_rounds = 1 if top_k else np.iinfo(np.int32).max
-
-    def round_body(r, buf, last_score, last_flat, exhausted):
-        cand, count = _preselect(scores, boxes, per_class, (last_score, last_flat),
-                                 round_size, score_threshold, _TILE)
-        num_tiles = tf.shape(cand["scores"])[1] // _TILE
-        heads = tf.concat([cand["scores"][:, ::_TILE], tf.fill([batch, 1], -np.inf)], 1)
-
-        def tile_cond(i, buf):
-            head = tf.gather(heads, i, axis=1)
-            return (i < num_tiles) & tf.reduce_any((buf["count"] < size) & (head > -np.inf))
-
-        def tile_body(i, buf):
-            part = {k: _tile_slice(v, i) for k, v in cand.items()}
-            return i + 1, _hard_tile(buf, part, iou_threshold, cap, size, agnostic)
-
-        _, buf = tf.while_loop(tile_cond, tile_body, (tf.constant(0), buf))
-        last = tf.maximum(count - 1, 0)
-        last_score = tf.gather(cand["scores"], last, axis=1)
-        last_flat = tf.gather(cand["flat"], last, axis=1)
-        exhausted = exhausted | (count < round_size) | (last_score == -np.inf)
-        return r + 1, buf, last_score, last_flat, exhausted
-
-    def round_cond(r, buf, last_score, last_flat, exhausted):
-        return (r < max_rounds) & tf.reduce_any(~exhausted & (buf["count"] < size))
-
-    init = (tf.constant(0), _empty_buffer(batch, size), tf.fill([batch], np.inf),
-            tf.fill([batch], -1), tf.zeros([batch], bool))
-    return tf.while_loop(round_cond, round_body, init)[1]
-
-
-def _soft_loop(cand, score_threshold, sigma, cap, size, num_classes, agnostic):
-    """Greedy Gaussian soft-NMS over candidates (B, K): one selection per step."""
-    batch, k = tf.shape(cand["scores"])[0], tf.shape(cand["scores"])[1]
-    scale = -0.5 / sigma  # TensorFlow: weight = exp(scale * iou * iou)
-    classes = cand["classes"]
-
-    def body(t, cur, counts, buf):
-        best = tf.reduce_max(cur, axis=1)
-        ok = best > score_threshold
-        j = tf.argmax(cur, axis=1, output_type=tf.int32)
-        pick = {name: tf.gather(cand[name], j, batch_dims=1) for name in buf if name != "count"}
-        iou = _iou_matrix(pick["boxes"][:, None], cand["boxes"], pick["area"][:, None],
-                          cand["area"])[:, 0]
-        same = classes == pick["classes"][:, None]
-        decay = ok[:, None] if agnostic else ok[:, None] & same
-        cur = tf.where(decay, cur * tf.exp(scale * iou * iou), cur)
-        class_hot = tf.one_hot(pick["classes"], num_classes, dtype=tf.int32) * tf.cast(ok, tf.int32)[:, None]
-        counts += class_hot
-        full = tf.gather(counts, pick["classes"], batch_dims=1) >= cap
-        cur = tf.where((tf.range(k)[None] == j[:, None]) | (same & full[:, None]), -np.inf, cur)
-        cur = tf.where(cur > score_threshold, cur, -np.inf)
-        pick["scores"] = best  # the decayed score, as TensorFlow returns it
-        slot = (tf.range(size)[None] == t) & ok[:, None]
-        out = {"count": buf["count"] + tf.cast(ok, tf.int32)}
-        for name, value in pick.items():
-            mask = slot[:, :, None] if len(value.shape) == 2 else slot
-            out[name] = tf.where(mask, value[:, None], buf[name])
-        return t + 1, cur, counts, out
-
-    def cond(t, cur, counts, buf):
-        return (t < size) & tf.reduce_any(tf.reduce_max(cur, axis=1) > score_threshold)
-
-    init = (tf.constant(0), tf.where(cand["scores"] > score_threshold, cand["scores"], -np.inf),
-            tf.zeros([batch, num_classes], tf.int32), _empty_buffer(batch, size))
-    return tf.while_loop(cond, body, init)[3]
-
-
-def _all_candidates(scores, boxes, per_class):
-    """Every (box, class) pair as an unsorted candidate dict (B, N * C + 1)."""
-    batch, num_classes = tf.shape(scores)[0], scores.shape[-1]
-    flat_scores = tf.reshape(scores, [batch, -1])
-    flat = tf.broadcast_to(tf.range(tf.shape(flat_scores)[1])[None], tf.shape(flat_scores))
-    orig = boxes if per_class else tf.repeat(boxes, num_classes, axis=1)
-    canon, area = _canonical(orig)
-    cand = {"scores": flat_scores, "classes": flat % num_classes, "flat": flat,
-            "rows": flat // num_classes, "orig": orig, "boxes": canon, "area": area}
-    for name, value in cand.items():  # one padding row keeps N = 0 gatherable
-        fill = tf.cast(-np.inf if name == "scores" else 0, value.dtype)
-        cand[name] = tf.pad(value, [[0, 0], [0, 1]] + [[0, 0]] * (len(value.shape) - 2),
-                            constant_values=fill)
-    return cand
-
-
-def _soft_nms(scores, boxes, per_class, score_threshold, sigma, cap, size, agnostic, top_k):
-    """Soft-NMS on the top candidates, redone on all pairs if that could differ.
-
-    Selected (decayed) scores never increase and a candidate's score only
-    decays, so the pre-selected run is exact when it selected ``size`` boxes
-    whose last score is >= the best score left out, or when nothing was left
-    out; otherwise (rare) the whole candidate set is processed.
-    """
-    k = top_k or _ROUND_SIZE
-    batch, num_classes = tf.shape(scores)[0], scores.shape[-1]
-    start = (tf.fill([batch], np.inf), tf.fill([batch], -1))
-    cand, count = _preselect(scores, boxes, per_class, start, k, score_threshold, 1)
-    buf = _soft_loop(cand, score_threshold, sigma, cap, size, num_classes, agnostic)
-    if top_k:
-        return buf
-    left_out = tf.gather(cand["scores"], tf.maximum(count - 1, 0), axis=1)
-    exhausted = (count < k) | (left_out == -np.inf)
-    last = tf.gather(buf["scores"], tf.maximum(buf["count"] - 1, 0), batch_dims=1)
-    exact = exhausted | ((buf["count"] == size) & (last >= left_out))
-    return tf.cond(
-        tf.reduce_all(exact), lambda: buf,
-        lambda: _soft_loop(_all_candidates(scores, boxes, per_class), score_threshold,
-                           sigma, cap, size, num_classes, agnostic))
+    if tf.executing_eagerly():
+        return _pick(kernel(a, b, *settings), keys)
+    if kernel is not core.hard_nms:
+        return _compiled(kernel, keys, settings)(a, b)
+    if settings[-1]:  # pre_nms_top_k: one ordered round
+        return _compiled(core.hard_rounds, keys, settings)(a, b)
+    out = _compiled(core.hard_few, keys + ("complete",), settings[:-1])(a, b)
+    complete = out.pop("complete")
+    return tf.cond(complete, lambda: out,
+                   lambda: _compiled(core.hard_rounds, keys, settings)(a, b))
 
 
 def _check_sigma(soft_nms_sigma) -> float:
@@ -420,11 +219,11 @@ def combined_nms(boxes, scores, max_output_size_per_class: int, max_total_size: 
     boxes, scores, per_class = _check_inputs(boxes, scores)
     with tf.name_scope("combined_nms"):
         if sigma > 0:
-            buf = _soft_nms(scores, boxes, per_class, score_threshold, sigma, cap, size,
-                            bool(class_agnostic), top_k)
+            buf = _run(core.soft_nms, _OUTPUTS, scores, boxes, per_class, score_threshold,
+                       sigma, cap, size, bool(class_agnostic), top_k)
         else:
-            buf = _hard_nms(scores, boxes, per_class, score_threshold, iou_threshold, cap, size,
-                            bool(class_agnostic), top_k)
+            buf = _run(core.hard_nms, _OUTPUTS, scores, boxes, per_class, score_threshold,
+                       iou_threshold, cap, size, bool(class_agnostic), top_k)
     return {"boxes": buf["orig"], "scores": buf["scores"], "labels": buf["classes"],
             "num_detections": buf["count"]}
 
@@ -475,6 +274,51 @@ def batched_nms(boxes, scores, max_output_size: int, iou_threshold: float = 0.5,
                          f"received shape {scores.shape}.")
     _check_finite(boxes, "boxes")
     with tf.name_scope("batched_nms"):
-        buf = _hard_nms(scores[..., None], boxes, False, score_threshold, iou_threshold, size,
-                        size, False, None)
+        buf = _run(core.hard_nms, ("rows", "count"), scores[..., None], boxes, False,
+                   score_threshold, iou_threshold, size, size, False, None)
     return buf["rows"], buf["count"]
+
+
+def suppress_by_overlap(overlap, valid, overlap_threshold: float, greedy: bool = True):
+    """NMS keep mask from a precomputed overlap matrix of score-sorted candidates.
+
+    For callers with their own overlap measure (e.g. MTCNN's intersection over
+    the smaller area) or candidates already sorted; the selection is the same
+    greedy loop as :func:`combined_nms`'s. Candidate i suppresses j when
+    ``overlap[b, i, j] > overlap_threshold``.
+
+    Args:
+        overlap: (B, N, N) overlaps of candidates sorted best first (row i:
+            candidate i against every candidate).
+        valid: (B, N) bool, False for padding or rejected candidates.
+        overlap_threshold: a finite number; overlaps strictly above it
+            suppress.
+        greedy: True for greedy NMS (a candidate is dropped only by an
+            earlier *kept* one); False drops a candidate overlapping any
+            earlier valid one (one step; the ``mtcnn`` package's rule).
+
+    Returns:
+        (B, N) bool keep mask, a subset of ``valid``.
+
+    Example:
+        >>> overlap = tf.constant([[[1.0, 0.6, 0.0], [0.6, 1.0, 0.6], [0.0, 0.6, 1.0]]])
+        >>> suppress_by_overlap(overlap, tf.ones((1, 3), bool), 0.5).numpy()
+        array([[ True, False,  True]])
+    """
+    try:
+        threshold = float(overlap_threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"overlap_threshold must be a number; received "
+                         f"{overlap_threshold!r}.") from None
+    if not math.isfinite(threshold):
+        raise ValueError(f"overlap_threshold must be finite; received {overlap_threshold!r}.")
+    overlap = _as_float(overlap, "overlap")
+    valid = tf.cast(valid, tf.bool)
+    if (overlap.shape.rank != 3 or valid.shape.rank != 2
+            or not overlap.shape[1:].is_compatible_with([valid.shape[1], valid.shape[1]])
+            or not overlap.shape[:1].is_compatible_with(valid.shape[:1])):
+        raise ValueError(f"overlap must have shape (batch, N, N) and valid (batch, N); received "
+                         f"{overlap.shape} and {valid.shape}.")
+    with tf.name_scope("suppress_by_overlap"):
+        return _run(core.keep_by_overlap, ("keep",), overlap, valid, threshold,
+                    bool(greedy))["keep"]

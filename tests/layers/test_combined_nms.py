@@ -74,3 +74,26 @@ def test_constructor_validates(kwargs, match):
 def test_call_validates_shapes():
     with pytest.raises(ValueError, match="scores must have shape"):
         CombinedNMS()(np.zeros((1, 5, 4), np.float32), np.zeros((1, 5), np.float32))
+
+
+def test_predict_matches_tf_kernel_on_sparse_scores():
+    # The path a detector's predict takes by default (graph on CPU: nested XLA)
+    # on trained-like scores: few candidates, some rows with two classes.
+    rng = np.random.default_rng(3)
+    boxes, _ = inputs(batch=3, n=200, c=4, seed=3)
+    scores = (rng.uniform(size=(3, 200, 4)) ** 40).astype(np.float32)  # ~7% above 0.05 per image
+    scores[:, ::17, 1] = np.linspace(0.5, 0.7, 12)  # rows with a second candidate class
+    boxes_in, scores_in = keras.Input((200, 4)), keras.Input((200, 4))
+    model = keras.Model([boxes_in, scores_in], CombinedNMS(100, 100)(boxes_in, scores_in))
+    got = model.predict([boxes, scores], verbose=0)
+    b, s, c, n = tf.image.combined_non_max_suppression(
+        boxes[..., [1, 0, 3, 2]][:, :, None], scores, 100, 100, 0.5, 0.05, clip_boxes=False)
+    assert 0 < int(tf.reduce_min(n)) and int(tf.reduce_max(n)) < 100
+    np.testing.assert_array_equal(got["num_detections"], n)
+    for i in range(3):
+        k = int(n[i])
+        want = sorted(zip(s[i, :k].numpy().tolist(), c[i, :k].numpy().astype(int).tolist(),
+                          b[i, :k].numpy()[:, [1, 0, 3, 2]].round(4).tolist()))
+        mine = sorted(zip(got["scores"][i, :k].tolist(), got["labels"][i, :k].tolist(),
+                          got["boxes"][i, :k].round(4).tolist()))
+        assert mine == want

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet.ops import nms
+from kdet.ops import _nms_core as core
 from kdet.ops.nms import batched_nms, combined_nms
 
 
@@ -49,11 +49,12 @@ def assert_same_detections(got, want, rtol=1e-6):
     assert (np.diff(np.where(valid, got["scores"], -1), axis=1) <= 0).all()  # sorted
 
 
-@pytest.mark.parametrize("round_size,tile", [(1024, 128), (8, 4)])
-def test_matches_tf_combined_nms_on_random_inputs(monkeypatch, round_size, tile):
-    # (8, 4) forces many rounds and tiles: the exactness logic must hold there too.
-    monkeypatch.setattr(nms, "_ROUND_SIZE", round_size)
-    monkeypatch.setattr(nms, "_TILE", tile)
+@pytest.mark.parametrize("round_size,all_rows", [(512, 1024), (64, 0), (8, 0)])
+def test_matches_tf_combined_nms_on_random_inputs(monkeypatch, round_size, all_rows):
+    # all_rows=0 sends the one-round path through its top-k of candidate rows;
+    # round size 8 forces many ordered rounds: exactness must hold on every path.
+    monkeypatch.setattr(core, "ROUND_SIZE", round_size)
+    monkeypatch.setattr(core, "ALL_ROWS", all_rows)
     rng = np.random.default_rng(round_size)
     for _ in range(25 if round_size > 8 else 10):
         batch, n, c = int(rng.integers(1, 4)), int(rng.integers(0, 120)), int(rng.integers(1, 7))
@@ -122,7 +123,7 @@ def soft_reference(boxes, scores, per_class, total, score_threshold, sigma):
 @pytest.mark.parametrize("round_size", [1024, 6])
 def test_soft_nms_matches_tf_per_class(monkeypatch, round_size):
     # round_size 6 forces the exactness check to fall back to all candidates.
-    monkeypatch.setattr(nms, "_ROUND_SIZE", round_size)
+    monkeypatch.setattr(core, "ROUND_SIZE", round_size)
     rng = np.random.default_rng(7)
     for sigma, per_class, total, thr in [(0.5, 5, 12, 0.1), (0.1, 20, 30, 0.3), (1.0, 3, 4, 0.0)]:
         boxes, scores = random_case(rng, 2, 30, 3)
@@ -161,9 +162,10 @@ def agnostic_reference(boxes, scores, per_class, total, iou_threshold, score_thr
     return out
 
 
-@pytest.mark.parametrize("tile", [128, 4])
-def test_class_agnostic_matches_numpy_reference(monkeypatch, tile):
-    monkeypatch.setattr(nms, "_TILE", tile)
+@pytest.mark.parametrize("round_size,all_rows", [(512, 1024), (4, 0)])
+def test_class_agnostic_matches_numpy_reference(monkeypatch, round_size, all_rows):
+    monkeypatch.setattr(core, "ROUND_SIZE", round_size)
+    monkeypatch.setattr(core, "ALL_ROWS", all_rows)
     rng = np.random.default_rng(11)
     for per_class, total, iou, thr in [(100, 100, 0.5, 0.05), (2, 10, 0.3, 0.2), (50, 5, 0.7, 0.0)]:
         boxes, scores = random_case(rng, 2, 25, 4)
