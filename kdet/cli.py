@@ -215,8 +215,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                             **kwargs)
         # No COCO metric during training: there is no validation split here, and the
         # metric cannot be attached to a model that is already built (e.g. loaded).
-        model.compile(**({"evaluate_coco": False} if "evaluate_coco" in
-                         inspect.signature(model.compile).parameters else {}))
+        model.compile(evaluate_coco=False)
     # --batch-size is the global batch. Every worker reads the data in the same order and
     # keeps its own part of each batch (tf.data's DATA sharding), so no example is seen twice.
     train = _dataset(args.data, "train", model, args.batch_size)
