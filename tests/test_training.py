@@ -141,13 +141,19 @@ def test_mirrored_strategy_matches_one_device(mirrored_losses):
 def test_recipes_and_optimizer_schedule():
     import keras
 
-    from kdet.training import SCRATCH_DEFAULTS, TRAINING_DEFAULTS, make_optimizer, training_defaults
+    from kdet.config import SCRATCH_RECIPE
+    from kdet.models import RetinaNet
+    from kdet.models.retinanet.retinanet import RETINANET_RECIPE
+    from kdet.training import make_optimizer, training_defaults
 
     sys.path.insert(0, str(REPO / "tests"))
     from helpers import TinyAnchorDetector
 
-    assert training_defaults(TinyAnchorDetector(3, 64, width=8)) is SCRATCH_DEFAULTS
-    opt = make_optimizer(TRAINING_DEFAULTS["retinanet"], total_steps=1000, batch_size=8)
+    # Each model declares its recipe: tiny presets train from scratch with Adam, full size with the paper's.
+    assert training_defaults(TinyAnchorDetector(3, 64, width=8)) is SCRATCH_RECIPE
+    assert training_defaults(RetinaNet(3, backbone="tiny")) is SCRATCH_RECIPE
+    assert training_defaults(RetinaNet(3, backbone="resnet50", image_size=64)) is RETINANET_RECIPE
+    opt = make_optimizer(RETINANET_RECIPE, total_steps=1000, batch_size=8)
     assert isinstance(opt, keras.optimizers.SGD)
     lr = opt.learning_rate
     schedule = opt._learning_rate
@@ -179,7 +185,9 @@ def test_mixed_precision_flag_trains_without_nan_and_restores_policy(tmp_path):
 
     result = train(lambda: TinyAnchorDetector(3, 64, width=8), "synthetic:4", epochs=1, batch_size=2,
                    steps_per_epoch=1, mixed_precision=True, augment=False, out_dir=tmp_path, verbose=0)
-    assert result.model.dtype_policy.name == "mixed_float16"
+    # The networks compute in float16; the detector's decoding and NMS stay float32.
+    assert result.model.config.precision == "float16"
+    assert result.model.network.dtype_policy.name == "mixed_float16"
     assert np.isfinite(result.history["loss"][0])
     assert keras.mixed_precision.global_policy().name == "float32"
     out = result.model.predict(kdet_images(), verbose=0)
