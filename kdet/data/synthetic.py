@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kdet.ops.boxes import iou_numpy
 from kdet.validation import check_image_size, check_positive_int
 
 SHAPES = ("rectangle", "ellipse", "triangle", "cross", "diamond", "ring")
@@ -53,7 +54,7 @@ def _draw_image(rng, height, width, num_classes, max_objects, min_size, max_size
             y0 = int(rng.integers(0, height - h + 1))
             x0 = int(rng.integers(0, width - w + 1))
             box = np.array([x0, y0, x0 + w, y0 + h], np.float32)
-            if all(_overlap(box, b) == 0.0 for b in boxes):  # no occlusion: boxes stay exact
+            if all(iou_numpy(box, b) == 0.0 for b in boxes):  # no occlusion: boxes stay exact
                 break
         else:
             continue
@@ -69,14 +70,6 @@ def _draw_image(rng, height, width, num_classes, max_objects, min_size, max_size
         labels.append(label)
         masks.append((y0, x0, mask))
     return image.astype(np.uint8), boxes, labels, masks
-
-
-def _overlap(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
 
 
 def synthetic_arrays(num_images: int = 8, image_size=128, num_classes: int = 3, max_objects: int = 3,

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from kdet.metrics._inputs import FlatBoxes, check_same_images, flatten_boxes
+from kdet.ops.boxes import iou_numpy
 from kdet.validation import check_probability
 
 VOC_IOU_THRESHOLD = 0.5  # VOC devkit: overlap > 0.5
@@ -47,17 +48,6 @@ def _parse(y_true, y_pred, bounding_box_format, difficult, image_size):
     return gt, dt
 
 
-def _pair_iou(d: np.ndarray, g: np.ndarray, pixel_inclusive: bool) -> np.ndarray:
-    """IoU of paired xyxy boxes (N, 4), with the devkit's +1 when pixel_inclusive."""
-    one = 1.0 if pixel_inclusive else 0.0
-    iw = np.maximum(np.minimum(d[:, 2], g[:, 2]) - np.maximum(d[:, 0], g[:, 0]) + one, 0.0)
-    ih = np.maximum(np.minimum(d[:, 3], g[:, 3]) - np.maximum(d[:, 1], g[:, 1]) + one, 0.0)
-    inter = iw * ih
-    union = ((d[:, 2] - d[:, 0] + one) * (d[:, 3] - d[:, 1] + one)
-             + (g[:, 2] - g[:, 0] + one) * (g[:, 3] - g[:, 1] + one) - inter)
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
 def _match(gt: FlatBoxes, dt: FlatBoxes, iou_threshold: float, pixel_inclusive: bool):
     """Devkit matching of every class at once.
 
@@ -77,7 +67,7 @@ def _match(gt: FlatBoxes, dt: FlatBoxes, iou_threshold: float, pixel_inclusive: 
     pair_start = np.cumsum(n_gt) - n_gt
     local = np.arange(pair_det.size) - pair_start[pair_det]
     pair_gt = g_order[g_start[pair_det] + local]
-    overlap = _pair_iou(dt.boxes[order][pair_det], gt.boxes[pair_gt], pixel_inclusive)
+    overlap = iou_numpy(dt.boxes[order][pair_det], gt.boxes[pair_gt], pixel_inclusive)
     has_gt = n_gt > 0
     best = np.full(d_key.size, -np.inf)
     best_gt = np.zeros(d_key.size, np.int64)

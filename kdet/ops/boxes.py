@@ -165,3 +165,24 @@ def aligned_iou(boxes1, boxes2, mode: str = "iou", bounding_box_format: str = "x
     """Element-wise IoU family of matching boxes: (..., 4) x (..., 4) -> (...)."""
     b1, b2 = _prepare(boxes1, boxes2, mode, bounding_box_format)
     return _iou_terms(b1, b2, mode)
+
+
+def iou_numpy(boxes1, boxes2, pixel_inclusive: bool = False):
+    """IoU of xyxy boxes on the host (NumPy), broadcast over leading dims: (..., 4) x (..., 4) -> (...).
+
+    The NumPy twin of :func:`aligned_iou` for code that runs outside the graph
+    (data generation, crop labelling, the VOC metric). ``pixel_inclusive``
+    adds the PASCAL VOC devkit's +1 to widths and heights. A pair whose union
+    is empty has IoU 0.
+    """
+    import numpy as np
+
+    a, b = np.asarray(boxes1, np.float64), np.asarray(boxes2, np.float64)
+    one = 1.0 if pixel_inclusive else 0.0
+    iw = np.maximum(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + one, 0.0)
+    ih = np.maximum(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + one, 0.0)
+    inter = iw * ih
+    union = ((a[..., 2] - a[..., 0] + one) * (a[..., 3] - a[..., 1] + one)
+             + (b[..., 2] - b[..., 0] + one) * (b[..., 3] - b[..., 1] + one) - inter)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+

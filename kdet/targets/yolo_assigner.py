@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.ops.box_coder import encode_yolo
+from kdet.ops.boxes import iou
 
 
 class YOLOAssigner:
@@ -101,11 +102,11 @@ class YOLOAssigner:
 
     def shape_ious(self, gt_wh):
         """Centred IoU (..., K) of each (..., 2) width/height with the K anchor shapes."""
-        gt_wh = tf.cast(gt_wh, tf.float32)[..., None, :]  # (..., 1, 2)
-        shapes = tf.constant(self._shape_wh)
-        inter = tf.reduce_prod(tf.minimum(gt_wh, shapes), axis=-1)
-        union = tf.reduce_prod(gt_wh, axis=-1) + tf.reduce_prod(shapes, axis=-1) - inter
-        return tf.math.divide_no_nan(inter, union)
+        # The IoU of boxes sharing one centre: kdet's IoU of the zero-centred boxes.
+        gt_wh = tf.cast(gt_wh, tf.float32)
+        centred = tf.concat([-gt_wh / 2, gt_wh / 2], axis=-1)
+        shapes = tf.constant(np.concatenate([-self._shape_wh / 2, self._shape_wh / 2], axis=-1))
+        return iou(centred[..., None, :], shapes)[..., 0, :]
 
     def best_shapes(self, gt_wh):
         """Index of the anchor shape with the best centred IoU for each (..., 2) width/height."""

@@ -36,7 +36,7 @@ import tensorflow as tf
 from kdet.models.mtcnn import cascade
 from kdet.models.mtcnn.model import MTCNN
 from kdet.models.mtcnn.networks import ONET_SIZE, PNET_CELL, RNET_SIZE, build_onet, build_pnet, build_rnet, logits_model
-from kdet.ops.boxes import convert_format
+from kdet.ops.boxes import convert_format, iou_numpy
 
 #: IoU bands of the paper (Sec. III-A).
 POSITIVE_IOU, PART_IOU, NEGATIVE_IOU = 0.65, 0.4, 0.3
@@ -72,7 +72,7 @@ def synthetic_faces(num_images: int, image_size: int = 64, max_faces: int = 2,
                 s = rng.uniform(*face_size)
                 x0, y0 = rng.uniform(0, image_size - s, 2)
                 box = np.array([x0, y0, x0 + s, y0 + s], np.float32)
-                if all(_iou(box, b) == 0 for b in boxes):
+                if all(iou_numpy(box, b) == 0 for b in boxes):
                     break
             else:
                 continue
@@ -112,13 +112,6 @@ def wider_face_samples(split: str = "train", data_dir: str | None = None,
         yield image, boxes[keep].reshape(-1, 4), None
 
 
-def _iou(a, b) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / max((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter, 1e-9)
-
-
 def _label_crops(crops: np.ndarray, boxes: np.ndarray, landmarks):
     """Labels square crops (N, 4) against faces: 1 pos, -1 part, 0 neg, -2 discarded; + targets."""
     n = len(crops)
@@ -127,7 +120,7 @@ def _label_crops(crops: np.ndarray, boxes: np.ndarray, landmarks):
     mark_t = np.zeros((n, 10), np.float32)
     mark_m = np.zeros(n, np.float32)
     for i, crop in enumerate(crops):
-        ious = [_iou(crop, b) for b in boxes]
+        ious = [float(iou_numpy(crop, b)) for b in boxes]
         j = int(np.argmax(ious)) if ious else -1
         best = ious[j] if ious else 0.0
         if best >= POSITIVE_IOU:
@@ -291,5 +284,4 @@ def train_cascade(data: Sequence, width: float = 1.0, epochs: Sequence[int] = (1
                                    seed=seed + i)
         history[stage] = train_stage(nets[stage], stage, samples, epochs[i], batch_size,
                                      learning_rate, verbose)
-    detector._compiled.clear()  # weights changed: recompile on next use
     return detector, history
