@@ -579,7 +579,31 @@ class Detector(keras.Model):
         return result
 
     def export(self, filepath, format: str = "tf_saved_model", **kwargs):
-        """Exports the inference graph (decoding + NMS inside): "tf_saved_model" or "litert"."""
+        """Exports the inference graph (decoding + NMS inside): "tf_saved_model" or "litert".
+
+        ``precision=`` exports the same weights at another network precision.
+        """
         from kdet import export as kdet_export
 
         return kdet_export.export(self, filepath, format=format, **kwargs)
+
+    def with_settings(self, **changes) -> "Detector":
+        """A copy of this model with some settings changed and the same weights.
+
+        For settings that leave every weight's shape as it is: ``precision``,
+        ``resize`` and the sizes, thresholds, ``max_detections``, ...
+        (``num_classes`` changes go through ``kdet.load(..., num_classes=k)``).
+
+        Example:
+            >>> fast = model.with_settings(precision="bfloat16")      # doctest: +SKIP
+            >>> strict = model.with_settings(score_threshold=0.5)     # doctest: +SKIP
+        """
+        config = {**self.get_config(), **changes}
+        clone = type(self).from_config(config)
+        source, target = self.weights, clone.weights
+        if [tuple(v.shape) for v in source] != [tuple(v.shape) for v in target]:
+            raise ValueError(f"with_settings({', '.join(sorted(changes))}) changes the model's weights; it only "
+                             "takes settings that keep every weight's shape.")
+        for a, b in zip(source, target):
+            b.assign(a.value)
+        return clone

@@ -13,11 +13,16 @@ from kdet.export.saved_model import saved_model
 FORMATS = ("tf_saved_model", "litert")
 
 
-def export(model, filepath, format: str = "tf_saved_model", **kwargs):
+def export(model, filepath, format: str = "tf_saved_model", precision: str | None = None, **kwargs):
     """Exports a kdet detector; ``format`` is "tf_saved_model" or "litert".
 
-    Keyword arguments go to :func:`saved_model` or :func:`litert`.
+    ``precision`` ("float32", "bfloat16", "float16", "auto") exports the same
+    weights computing at that precision (``model.with_settings(precision=...)``);
+    None keeps the model's. Other keyword arguments go to :func:`saved_model`
+    or :func:`litert`.
     """
+    if precision is not None:
+        model = model.with_settings(precision=precision)
     if format == "tf_saved_model":
         return saved_model(model, filepath, **kwargs)
     if format in ("litert", "tflite"):

@@ -229,3 +229,20 @@ def test_zoo_entry_records_the_official_sha256(yolov3_tiny_weights, tmp_path, mo
     finally:
         for name in ("tiny_real_yolo", "tiny_tampered_yolo"):
             registry.unregister(name)
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_bfloat16_finds_every_float32_detection(shared_dir, stretch_model, name):
+    """Issue 19: precision="bfloat16" (network in bf16, decoding and NMS in float32) keeps the detections.
+
+    Every float32 detection scoring >= 0.3 is found in bfloat16, same class, IoU >= 0.9.
+    """
+    image = _read_rgb(shared_dir / "data" / "darknet" / name)
+    reference = stretch_model.detect(image)
+    fast = stretch_model.with_settings(precision="bfloat16")
+    assert fast.config.precision == "bfloat16" and fast.network.dtype_policy.name == "mixed_bfloat16"
+    ours = fast.detect(image)
+    assert ours["boxes"].dtype == np.float32
+    assert (reference["scores"] >= MIN_SCORE).sum() >= 4
+    # Scores move by the bf16 rounding of the network (about 1e-2); the boxes and classes stay.
+    assert helpers.detection_mismatches(reference, ours, MIN_SCORE, MATCH_IOU, score_tolerance=0.1) == []
