@@ -164,6 +164,6 @@ def iou(boxes1, boxes2, mode: str = "iou", bounding_box_format: str = "xyxy"):
 
 
 def aligned_iou(boxes1, boxes2, mode: str = "iou", bounding_box_format: str = "xyxy"):
-    """Element-wise IoU family (any ``OVERLAP_MODES`` mode) of matching boxes: (..., 4) x (..., 4) -> (...)."""
+    """Element-wise overlap (any ``OVERLAP_MODES`` mode) of matching boxes: (..., 4) x (..., 4) -> (...)."""
     b1, b2 = _prepare(boxes1, boxes2, mode, bounding_box_format)
     return _iou_terms(b1, b2, mode)

@@ -6,10 +6,11 @@ shape can stay static (XLA) or be trimmed to the valid candidates (graph
 mode):
 
 * ``sort_by_score``: sorts candidates, invalid ones last, and keeps the best k;
-* ``greedy_keep`` / ``any_higher_keep``: the keep mask from a conflict matrix
+* ``ranked_conflicts``: the conflict matrix of an overlap matrix
   (``conflicts[i, j]``: candidate i, ranked before j, would suppress j);
-* ``suppress_sorted``: both together with an overlap of ``kdet.ops.boxes.iou``
-  ("iou", or "iomin" for MTCNN's last stage).
+* ``greedy_keep`` / ``any_higher_keep``: the keep mask of either rule below;
+* ``suppress_sorted``: the keep mask of sorted boxes, with the overlap of
+  ``kdet.ops.boxes.iou`` ("iou", or "iomin" for MTCNN's last stage).
 
 Two rules:
 

@@ -76,7 +76,7 @@ def _pnet_logits(model, image, scale):
     x = cascade.normalize(tf.constant(image[None], tf.float32))
     size = (int(image.shape[0] * scale), int(image.shape[1] * scale))
     head = cascade.split_pnet(model.pnet)
-    _, logits = head.logits_net(tf.image.resize(x, size, method="area"))
+    _, logits = head.net(tf.image.resize(x, size, method="area"))
     return head, tf.reshape(logits, (1, -1, 2))
 
 
@@ -90,7 +90,8 @@ def test_face_cells_equal_ranking_every_cell(pretrained, threshold):
     # Random logits with exact duplicates (ties) and margins right at the threshold's logit.
     edge = np.log(threshold / (1 - threshold))
     fake = rng.normal(0, 3, (2, 400, 2)).astype(np.float32)
-    fake[:, 100:140, 1] = fake[:, 100:140, 0] + np.float32(edge) + rng.normal(0, 1e-6, (2, 40)).astype(np.float32)
+    jitter = rng.normal(0, 1e-6, (2, 40)).astype(np.float32)
+    fake[:, 100:140, 1] = fake[:, 100:140, 0] + np.float32(edge) + jitter
     fake[:, 200:220] = fake[:, 100:120]
     for logits in (real, tf.constant(fake)):
         n = logits.shape[1]
@@ -117,13 +118,25 @@ def test_run_in_chunks_equals_one_call_bit_for_bit(pretrained):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_split_pnet_needs_the_prob_softmax():
+def test_a_pnet_without_the_prob_softmax_still_runs():
     head = cascade.split_pnet(build_pnet(0.25))
-    assert isinstance(head.prob, keras.layers.Softmax) and len(head.logits_net.outputs) == 2
+    assert isinstance(head.prob, keras.layers.Softmax) and len(head.net.outputs) == 2
+    # A custom PNet (outputs [box_reg, probabilities] without a final Softmax "prob"): every cell is scored.
     inputs = keras.Input((None, None, 3))
-    bare = keras.Model(inputs, [keras.layers.Conv2D(4, 3)(inputs), keras.layers.Conv2D(2, 3)(inputs)])
-    with pytest.raises(ValueError, match="Softmax layer named 'prob'"):
-        cascade.split_pnet(bare)
+    features = keras.layers.MaxPooling2D(2, 2, padding="same")(keras.layers.Conv2D(8, 3)(inputs))
+    features = keras.layers.Conv2D(8, 3)(keras.layers.Conv2D(8, 3)(features))  # PNet's 12 px cell
+    custom = keras.Model(inputs, [keras.layers.Conv2D(4, 1)(features),
+                                  keras.layers.Conv2D(2, 1, activation="softmax")(features)])
+    assert cascade.split_pnet(custom) == (custom, None)
+    model = MTCNN(pnet=custom, rnet=build_rnet(0.25), onet=build_onet(0.25), weights=None,
+                  thresholds=(0.3, 0.3, 0.3))
+    x = np.random.default_rng(8).uniform(0, 255, (2, 50, 40, 3)).astype(np.float32)
+    graph = MTCNN(pnet=custom, rnet=model.rnet, onet=model.onet, weights=None, thresholds=(0.3, 0.3, 0.3),
+                  jit_compile=False).predict(x)
+    xla = MTCNN(pnet=custom, rnet=model.rnet, onet=model.onet, weights=None, thresholds=(0.3, 0.3, 0.3),
+                jit_compile=True).predict(x)
+    assert graph["num_detections"].tolist() == xla["num_detections"].tolist()
+    np.testing.assert_allclose(graph["scores"], xla["scores"], atol=1e-4)
 
 
 def test_pyramid_scales():

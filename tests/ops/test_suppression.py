@@ -23,8 +23,9 @@ def numpy_overlap(boxes, mode):
     iw = np.maximum(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0)
     ih = np.maximum(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0)
     inter = iw * ih
-    denom = area[:, None] + area[None, :] - inter if mode == "iou" else np.minimum(area[:, None], area[None, :])
-    return inter / denom
+    if mode == "iou":
+        return inter / (area[:, None] + area[None, :] - inter)
+    return inter / np.minimum(area[:, None], area[None, :])
 
 
 def numpy_keep(boxes, valid, threshold, mode, greedy):
@@ -100,8 +101,9 @@ def test_xla_and_dynamic_candidate_counts():
     for greedy in (True, False):
         expected = suppress_sorted(boxes, valid, 0.45, "iou", greedy).numpy()
         xla = tf.function(lambda b, v: suppress_sorted(b, v, 0.45, "iou", greedy), jit_compile=True)
+        signature = [tf.TensorSpec([None, None, 4]), tf.TensorSpec([None, None], tf.bool)]
         dynamic = tf.function(lambda b, v: suppress_sorted(b, v, 0.45, "iou", greedy),
-                              input_signature=[tf.TensorSpec([None, None, 4]), tf.TensorSpec([None, None], tf.bool)])
+                              input_signature=signature)
         np.testing.assert_array_equal(xla(boxes, valid).numpy(), expected)
         np.testing.assert_array_equal(dynamic(boxes, valid).numpy(), expected)
     empty = suppress_sorted(tf.zeros((2, 0, 4)), tf.zeros((2, 0), bool), 0.5)

@@ -50,11 +50,10 @@ from kdet.ops.suppression import sort_by_score, suppress_sorted
 #: Pixel normalisation of the original Caffe models: (x - 127.5) / 128.
 PIXEL_MEAN = 127.5
 PIXEL_SCALE = 0.0078125
-# Graph-mode run sizes (see run_in_chunks), measured on a 2-core CPU with benchmarks/mtcnn.py
-# (flat from about half to twice these): RNet / ONet crops per run (RNet's largest
-# activation for 128 crops: 7 MB), and PNet input pixels per run (first activation <= 2.6 MB).
-CROP_CHUNK = 128
-PNET_CHUNK_PIXELS = 65536
+#: Input pixels per network call in graph mode (see ``run_in_chunks``): 128 RNet crops,
+#: 32 ONet crops, one 271x271 PNet level (largest activations 3-7 MB). Measured on a
+#: 2-core CPU with benchmarks/mtcnn.py: CPU time is flat from about half to twice this.
+RUN_PIXELS = 73728
 #: Logit units below the threshold's logit down to which ``face_cells`` still scores a cell.
 PREFILTER_SLACK = 1.0
 
@@ -151,15 +150,16 @@ def _pnet_level(pnet, x, scale: float, threshold: float, top_k: int, nms: float,
     scaled = resize_level(x, (int(height * scale), int(width * scale)), xla)
     if xla:
         reg, prob = pnet(scaled, training=False)
-        out_h, out_w = reg.shape[1], reg.shape[2]
-        top, index = tf.math.top_k(tf.reshape(prob[..., 1], (-1, out_h * out_w)),
-                                   k=min(out_h * out_w, top_k), sorted=True)
     else:
-        reg, logits = pnet_outputs(pnet.logits_net, scaled)
-        out_h, out_w = reg.shape[1], reg.shape[2]
-        top, index = face_cells(pnet.prob, tf.reshape(logits, (-1, out_h * out_w, 2)), threshold,
-                                min(out_h * out_w, top_k))
-    reg = tf.gather(tf.reshape(reg, (-1, out_h * out_w, 4)), index, batch_dims=1)
+        reg, prob = pnet_outputs(pnet.net, scaled)
+    out_h, out_w = reg.shape[1], reg.shape[2]
+    cells, k = out_h * out_w, min(out_h * out_w, top_k)
+    if xla or pnet.prob is None:
+        score = tf.reshape(prob[..., 1], (-1, cells))
+        top, index = tf.math.top_k(score, k=budget(score > threshold, k, xla))
+    else:  # graph mode: `prob` holds PNet's logits, see face_cells
+        top, index = face_cells(pnet.prob, tf.reshape(prob, (-1, cells, 2)), threshold, k)
+    reg = tf.gather(tf.reshape(reg, (-1, cells, 4)), index, batch_dims=1)
     row = tf.cast(index // out_w, tf.float32)
     col = tf.cast(index % out_w, tf.float32)
     cell = float(PNET_CELL - 1)  # the package's cell width: (2c + 12) - (2c + 1)
@@ -173,23 +173,21 @@ def _pnet_level(pnet, x, scale: float, threshold: float, top_k: int, nms: float,
 
 
 class PNetHead(NamedTuple):
-    """PNet split before its final softmax: ``logits_net`` -> [box_reg, logits], then ``prob``."""
+    """PNet for ``face_cells``: ``net`` -> [box_reg, logits] and its softmax ``prob``.
 
-    logits_net: keras.Model
-    prob: keras.layers.Layer
+    ``prob`` is None for a PNet without a final Softmax layer named "prob": then
+    ``net`` is the PNet itself, returning [box_reg, face probabilities].
+    """
+
+    net: keras.Model
+    prob: keras.layers.Layer | None
 
 
 def split_pnet(pnet: keras.Model) -> PNetHead:
-    """``PNetHead`` of a PNet whose last layer is a Softmax named "prob" (``build_pnet``'s).
-
-    Raises:
-        ValueError: ``pnet`` has no such layer.
-    """
+    """``PNetHead`` of ``pnet``, split before its last layer if that is ``build_pnet``'s Softmax "prob"."""
     prob = next((layer for layer in pnet.layers if layer.name == "prob"), None)
     if not isinstance(prob, keras.layers.Softmax) or prob.output is not pnet.outputs[-1]:
-        raise ValueError(
-            "MTCNN's PNet must output [box_reg, prob] with prob from a Softmax layer named 'prob', "
-            f"as build_pnet builds it; received outputs {[t.name for t in pnet.outputs]}.")
+        return PNetHead(pnet, None)
     return PNetHead(logits_model(pnet), prob)
 
 
@@ -227,11 +225,11 @@ def face_cells(prob, logits, threshold: float, k: int):
 
 
 def pnet_outputs(pnet, images) -> list:
-    """Graph-mode PNet on one pyramid level (B, h, w, 3), ``PNET_CHUNK_PIXELS`` input pixels a run.
+    """Graph-mode PNet on one pyramid level (B, h, w, 3), ``RUN_PIXELS`` input pixels a run.
 
     Small levels run at once; see ``run_in_chunks`` for why large ones do not.
     """
-    per_run = max(1, PNET_CHUNK_PIXELS // (images.shape[1] * images.shape[2]))
+    per_run = max(1, RUN_PIXELS // (images.shape[1] * images.shape[2]))
     if images.shape[0] is not None and images.shape[0] <= per_run:
         return pnet(images, training=False)
     return run_in_chunks(lambda part: pnet(part, training=False), (images,), per_run,
@@ -294,7 +292,7 @@ def crop_patches(x, boxes, size: int, xla: bool = True):
 def crop_network(net, x, boxes, size: int, xla: bool = True) -> list:
     """Runs ``net`` (RNet / ONet) on the crops of (B, K, 4) boxes -> its outputs, each (B*K, ...).
 
-    Graph mode crops and runs ``CROP_CHUNK`` boxes at a time (see ``run_in_chunks``);
+    Graph mode crops and runs ``RUN_PIXELS // size**2`` boxes at a time (see ``run_in_chunks``);
     XLA mode makes one static-shape call.
     """
     if xla:
@@ -303,7 +301,7 @@ def crop_network(net, x, boxes, size: int, xla: bool = True) -> list:
     def crop_and_run(norm, index):
         return net(tf.image.crop_and_resize(x, norm, index, (size, size)), training=False)
 
-    return run_in_chunks(crop_and_run, _crop_boxes(x, boxes), CROP_CHUNK,
+    return run_in_chunks(crop_and_run, _crop_boxes(x, boxes), max(1, RUN_PIXELS // size**2),
                          _output_specs(net, (size, size, 3)))
 
 
