@@ -39,8 +39,10 @@ class PReLU(layers.PReLU):
     first pyramid level, RNet on hundreds of crops), and on CPU these passes
     cost the networks about as much as their convolutions. This layer computes
 
-    * ``max(x, alpha * x)`` (two passes) when every slope is <= 1: then
-      ``alpha * x <= x`` for x > 0 and ``>= x`` for x < 0, rounding included;
+    * ``max(x, alpha * x)`` (two passes) when every slope is < 1: then
+      ``alpha * x <= x`` for x > 0 and ``>= x`` for x < 0, rounding included
+      (a slope of exactly 1 would tie for every x, and the max would give it
+      no gradient);
     * ``x * where(x > 0, 1, alpha)`` (three passes) otherwise (the original
       PNet and RNet have slopes up to 1.3 in their first layer),
 
@@ -67,7 +69,7 @@ class PReLU(layers.PReLU):
             x = tf.reshape(inputs, (-1, shape[2] * shape[3]))
             slope = tf.tile(tf.reshape(alpha, (-1,)), [shape[2]])
 
-        out = tf.cond(tf.reduce_all(slope <= 1.0),
+        out = tf.cond(tf.reduce_all(slope < 1.0),
                       lambda: tf.maximum(x, x * slope),
                       lambda: x * tf.where(x > 0, tf.ones_like(slope), slope))
         return tf.reshape(out, tf.shape(inputs)) if rows else out
