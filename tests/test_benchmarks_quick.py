@@ -49,6 +49,17 @@ def test_export_accuracy_quick():
     assert out.count("| LiteRT ") == 4
 
 
+@pytest.mark.slow  # ~40 s: it runs the `mtcnn` package too
+def test_mtcnn_quick_reports_the_batch_cpu_target(tmp_path):
+    out = run_quick("mtcnn.py", "--out", str(tmp_path / "mtcnn.md"))
+    assert "**Target (issue 19): batch of 8, CPU time.**" in out and "CPU-time ratio (target >= 3)" in out
+    assert "SUMMARY mtcnn / kdet: batch 1 (ivan.jpg) wall" in out
+    results = json.loads((tmp_path / "mtcnn.json").read_text())
+    assert results["targets"][0]["target"] == "MTCNN batch of 8 >= 3x the `mtcnn` package in CPU time"
+    assert results["batch_cpu_ratio"] == pytest.approx(
+        results["batch_cpu_ms"]["mtcnn"] / results["batch_cpu_ms"]["kdet"])
+
+
 def test_train_synthetic_quick(tmp_path):
     out = run_quick("train_synthetic.py", "retinanet_tiny", "--out", str(tmp_path / "learning.md"))
     assert "| retinanet_tiny |" in out and "Reduced budget" in out

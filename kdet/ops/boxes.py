@@ -15,6 +15,10 @@ from keras.utils import bounding_boxes as keras_boxes
 from kdet.validation import check_box_format
 
 IOU_MODES = ("iou", "giou", "diou", "ciou")
+#: Modes of ``iou`` / ``aligned_iou``: the IoU family plus "iomin", intersection over the
+#: smaller area (MTCNN's "Min" overlap, from the original MATLAB ``nms.m``), which is an
+#: overlap for suppression rather than a regression loss (hence not in IOU_MODES).
+OVERLAP_MODES = IOU_MODES + ("iomin",)
 # Smallest width/height (pixels, or unit-image units for rel_* formats) seen by
 # CIoU's aspect-ratio term; see _iou_terms.
 _ASPECT_FLOOR = 1e-3
@@ -96,7 +100,10 @@ def _iou_terms(b1, b2, mode):
     iw = tf.maximum(tf.minimum(x12, x22) - tf.maximum(x11, x21), 0.0)
     ih = tf.maximum(tf.minimum(y12, y22) - tf.maximum(y11, y21), 0.0)
     inter = iw * ih
-    union = w1 * h1 + w2 * h2 - inter
+    area1, area2 = w1 * h1, w2 * h2
+    if mode == "iomin":
+        return tf.math.divide_no_nan(inter, tf.minimum(area1, area2))
+    union = area1 + area2 - inter
     iou = tf.math.divide_no_nan(inter, union)
     if mode == "iou":
         return iou
@@ -124,11 +131,11 @@ def _iou_terms(b1, b2, mode):
 
 
 def _prepare(boxes1, boxes2, mode, bounding_box_format):
-    if mode not in IOU_MODES:
-        raise ValueError(f"mode must be one of {IOU_MODES}; received {mode!r}.")
+    if mode not in OVERLAP_MODES:
+        raise ValueError(f"mode must be one of {OVERLAP_MODES}; received {mode!r}.")
     fmt = check_box_format(bounding_box_format)
     if fmt.startswith("rel_"):
-        # Relative formats: IoU is scale-invariant only for iou/giou/diou; use a
+        # Relative formats: IoU is scale-invariant only for iou/giou/diou/iomin; use a
         # unit image, which keeps every mode consistent for rel_xyxy-type boxes.
         b1 = convert_format(boxes1, fmt, "xyxy", height=1.0, width=1.0)
         b2 = convert_format(boxes2, fmt, "xyxy", height=1.0, width=1.0)
@@ -142,12 +149,14 @@ def _prepare(boxes1, boxes2, mode, bounding_box_format):
 
 
 def iou(boxes1, boxes2, mode: str = "iou", bounding_box_format: str = "xyxy"):
-    """Pairwise IoU, GIoU, DIoU or CIoU.
+    """Pairwise IoU, GIoU, DIoU, CIoU or intersection over the smaller area.
 
     Args:
         boxes1: (..., N, 4) boxes in ``bounding_box_format``.
         boxes2: (..., M, 4) boxes; leading dims broadcast with ``boxes1``.
-        mode: "iou" | "giou" (Rezatofighi 2019) | "diou" | "ciou" (Zheng 2020).
+        mode: "iou" | "giou" (Rezatofighi 2019) | "diou" | "ciou" (Zheng 2020) |
+            "iomin" (intersection / min(area1, area2), MTCNN's "Min" overlap:
+            1 when one box contains the other).
         bounding_box_format: any ``keras.utils.bounding_boxes`` format.
 
     Returns:
@@ -162,7 +171,7 @@ def iou(boxes1, boxes2, mode: str = "iou", bounding_box_format: str = "xyxy"):
 
 
 def aligned_iou(boxes1, boxes2, mode: str = "iou", bounding_box_format: str = "xyxy"):
-    """Element-wise IoU family of matching boxes: (..., 4) x (..., 4) -> (...)."""
+    """Element-wise overlap (any ``OVERLAP_MODES`` mode) of matching boxes: (..., 4) x (..., 4) -> (...)."""
     b1, b2 = _prepare(boxes1, boxes2, mode, bounding_box_format)
     return _iou_terms(b1, b2, mode)
 

@@ -1,13 +1,16 @@
-"""MTCNN unit tests: XLA image ops, NMS, pyramid, networks vs the mtcnn package, bad input."""
+"""MTCNN unit tests: XLA image ops, fast layers and graph-mode pieces, pyramid, networks vs the mtcnn
+package, bad input. (Its suppression, kdet.ops.suppression, is tested in tests/ops/test_suppression.py.)"""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from kdet.models.mtcnn import MTCNN, build_onet, build_pnet, build_rnet
+from kdet.models.mtcnn import cascade
 from kdet.models.mtcnn.cascade import pyramid_scales, square
 from kdet.models.mtcnn.image_ops import area_resize, crop_and_resize
-from kdet.models.mtcnn.nms import pairwise_overlap, suppress_sorted
+from kdet.models.mtcnn.networks import PReLU
 
 
 @pytest.fixture(scope="module")
@@ -33,40 +36,108 @@ def test_crop_and_resize_matches_tf_and_compiles():
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
 
 
-def _random_boxes(rng, n):
-    xy = rng.uniform(0, 100, (n, 2))
-    wh = rng.uniform(5, 40, (n, 2))
-    return np.concatenate([xy, xy + wh], 1).astype(np.float32)
+@pytest.mark.parametrize("slopes", [(0.99, -0.5), (1.0, 0.3), (1.3, 1.01)])  # below / at / above 1
+@pytest.mark.parametrize("shape, shared_axes", [((3, 7, 5, 6), [1, 2]), ((4, 6), None)])
+def test_prelu_equals_keras_prelu(slopes, shape, shared_axes):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=shape).astype(np.float32)
+    x[0, 0] = 0.0  # zeros give zeros (Keras: 0 + -alpha * 0)
+    ours, ref = PReLU(shared_axes=shared_axes), keras.layers.PReLU(shared_axes=shared_axes)
+    ours.build(shape), ref.build(shape)
+    alpha = rng.uniform(-1.0, 1.0, ours.alpha.shape).astype(np.float32)
+    alpha.reshape(-1)[:2] = slopes  # max(x, alpha * x) only when every slope is below 1
+    ours.alpha.assign(alpha), ref.alpha.assign(alpha)
+    expected = ref(x).numpy()
+    x_tf = tf.constant(x)
+    for fn in (ours, tf.function(ours), tf.function(ours, jit_compile=True),
+               tf.function(ours, input_signature=[tf.TensorSpec((None,) * len(shape))])):
+        np.testing.assert_array_equal(fn(x_tf).numpy(), expected)  # float for float
+    # Same gradients (away from x == 0, where ReLU's subgradient is a convention).
+    x_tf = tf.constant(np.where(x == 0, 0.5, x))
+    weight = tf.constant(rng.normal(size=shape).astype(np.float32))
+    grads = []
+    for layer in (ours, ref):
+        with tf.GradientTape() as tape:
+            tape.watch(x_tf)
+            loss = tf.reduce_sum(layer(x_tf) * weight)
+        grads.append(tape.gradient(loss, [x_tf, layer.alpha]))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
 
 
-def test_greedy_nms_matches_tf_image_nms():
-    rng = np.random.default_rng(1)
-    for _ in range(5):
-        boxes = _random_boxes(rng, 60)
-        order = np.argsort(-rng.uniform(size=60))
-        boxes = boxes[order]
-        scores = np.linspace(1, 0.1, 60).astype(np.float32)
-        keep = suppress_sorted(boxes[None], tf.ones((1, 60), bool), 0.5, greedy=True)[0].numpy()
-        ref = tf.image.non_max_suppression(boxes[:, [1, 0, 3, 2]], scores, 60, 0.5).numpy()
-        assert sorted(np.flatnonzero(keep)) == sorted(ref)
+def test_prelu_round_trips_and_is_every_network_prelu():
+    layer = PReLU(shared_axes=[1, 2], name="prelu1")
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert type(clone) is PReLU and clone.get_config() == layer.get_config()
+    assert all(isinstance(l, PReLU) for l in build_onet().layers if "prelu" in l.name)
 
 
-def test_package_nms_rule_and_min_overlap_match_mtcnn_package():
-    bboxes = pytest.importorskip("mtcnn.utils.bboxes")
-    rng = np.random.default_rng(2)
-    boxes = _random_boxes(rng, 40)
-    for method in ("union", "min"):
-        ref_overlap = bboxes.iou(boxes, method=method)
-        np.testing.assert_allclose(pairwise_overlap(boxes, method).numpy(), ref_overlap, atol=1e-5)
-        ref_keep = bboxes.nms(ref_overlap, 0.3)
-        keep = suppress_sorted(boxes[None], tf.ones((1, 40), bool), 0.3, method, greedy=False)
-        assert list(np.flatnonzero(keep[0].numpy())) == list(ref_keep)
+def _pnet_logits(model, image, scale):
+    """Real PNet logits (1, N, 2) of one pyramid level of ``image``."""
+    x = cascade.normalize(tf.constant(image[None], tf.float32))
+    size = (int(image.shape[0] * scale), int(image.shape[1] * scale))
+    head = cascade.split_pnet(model.pnet)
+    _, logits = head.net(tf.image.resize(x, size, method="area"))
+    return head, tf.reshape(logits, (1, -1, 2))
 
 
-def test_invalid_candidates_never_suppress():
-    boxes = tf.constant([[[0., 0, 10, 10], [0, 0, 10, 10]]])
-    keep = suppress_sorted(boxes, tf.constant([[False, True]]), 0.5)
-    assert keep.numpy().tolist() == [[False, True]]
+@pytest.mark.parametrize("threshold", [0.6, 0.05, 0.97])
+def test_face_cells_equal_ranking_every_cell(pretrained, threshold):
+    """Softmax only near the threshold: same scores (bit for bit), order and ties as on every cell."""
+    image = __import__("kdet").data.images.load_image(
+        __import__("kdet").models.mtcnn.pretrained_dir().parent / "images" / "ivan.jpg")
+    rng = np.random.default_rng(5)
+    head, real = _pnet_logits(pretrained, np.asarray(image), 0.3)
+    # Random logits with exact duplicates (ties) and margins right at the threshold's logit.
+    edge = np.log(threshold / (1 - threshold))
+    fake = rng.normal(0, 3, (2, 400, 2)).astype(np.float32)
+    jitter = rng.normal(0, 1e-6, (2, 40)).astype(np.float32)
+    fake[:, 100:140, 1] = fake[:, 100:140, 0] + np.float32(edge) + jitter
+    fake[:, 200:220] = fake[:, 100:120]
+    for logits in (real, tf.constant(fake)):
+        n = logits.shape[1]
+        for k in (n, 7):
+            scores = head.prob(logits)[..., 1]
+            valid_counts = tf.reduce_sum(tf.cast(scores > threshold, tf.int32), axis=1).numpy()
+            ref_top, ref_index = tf.math.top_k(scores, k=min(k, n))
+            top, index = tf.function(lambda l: cascade.face_cells(head.prob, l, threshold, k))(logits)
+            for b, count in enumerate(np.minimum(valid_counts, k)):
+                np.testing.assert_array_equal(top.numpy()[b, :count], ref_top.numpy()[b, :count])
+                np.testing.assert_array_equal(index.numpy()[b, :count], ref_index.numpy()[b, :count])
+                assert np.all(top.numpy()[b, count:] <= threshold)
+    assert int(valid_counts.max()) > 0
+
+
+def test_run_in_chunks_equals_one_call_bit_for_bit(pretrained):
+    crops = tf.constant(np.random.default_rng(6).uniform(-1, 1, (45, 24, 24, 3)), tf.float32)
+    expected = tf.function(lambda c: pretrained.rnet(c, training=False))(crops)
+    specs = cascade._output_specs(pretrained.rnet, (24, 24, 3))
+    chunked = tf.function(lambda c: cascade.run_in_chunks(
+        lambda part: pretrained.rnet(part, training=False), (c,), 16, specs),
+        input_signature=[tf.TensorSpec((None, 24, 24, 3))])
+    for a, b in zip(chunked(crops), expected):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_pnet_without_the_prob_softmax_still_runs():
+    head = cascade.split_pnet(build_pnet(0.25))
+    assert isinstance(head.prob, keras.layers.Softmax) and len(head.net.outputs) == 2
+    # A custom PNet (outputs [box_reg, probabilities] without a final Softmax "prob"): every cell is scored.
+    inputs = keras.Input((None, None, 3))
+    features = keras.layers.MaxPooling2D(2, 2, padding="same")(keras.layers.Conv2D(8, 3)(inputs))
+    features = keras.layers.Conv2D(8, 3)(keras.layers.Conv2D(8, 3)(features))  # PNet's 12 px cell
+    custom = keras.Model(inputs, [keras.layers.Conv2D(4, 1)(features),
+                                  keras.layers.Conv2D(2, 1, activation="softmax")(features)])
+    assert cascade.split_pnet(custom) == (custom, None)
+    model = MTCNN(pnet=custom, rnet=build_rnet(0.25), onet=build_onet(0.25), weights=None,
+                  thresholds=(0.3, 0.3, 0.3))
+    x = np.random.default_rng(8).uniform(0, 255, (2, 50, 40, 3)).astype(np.float32)
+    graph = MTCNN(pnet=custom, rnet=model.rnet, onet=model.onet, weights=None, thresholds=(0.3, 0.3, 0.3),
+                  jit_compile=False).predict(x)
+    xla = MTCNN(pnet=custom, rnet=model.rnet, onet=model.onet, weights=None, thresholds=(0.3, 0.3, 0.3),
+                jit_compile=True).predict(x)
+    assert graph["num_detections"].tolist() == xla["num_detections"].tolist()
+    np.testing.assert_allclose(graph["scores"], xla["scores"], atol=1e-4)
 
 
 def test_pyramid_scales():

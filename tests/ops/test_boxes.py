@@ -170,3 +170,37 @@ def test_clear_errors():
             aligned_iou(np.zeros((2, 5)), np.zeros((2, 5)), bounding_box_format=fmt)
     with pytest.raises(ValueError, match="needs the image height and width"):
         convert_format(A, "rel_xyxy", "xyxy")
+
+
+def test_intersection_over_min_area_mode():
+    # Hand-derived on A x B: intersections 2, 0, 4 / 0, 0, 1 over the smaller areas 4, 1, 4 / 1, 1, 1.
+    np.testing.assert_allclose(iou(A, B, "iomin"), [[0.5, 0.0, 1.0], [0.0, 0.0, 1.0]], atol=1e-6)
+    rng = np.random.default_rng(7)
+    b1, b2 = random_boxes(rng, (4, 6)), random_boxes(rng, (4, 9))
+    overlap = iou(b1, b2, "iomin").numpy()
+    # A box inside another has overlap 1 with it; iomin >= iou always; symmetric; aligned = diagonal.
+    inner = np.array([[10.0, 10, 20, 20]], np.float32)
+    assert float(iou(inner, [[0.0, 0, 50, 50]], "iomin")[0, 0]) == pytest.approx(1.0)
+    assert np.all(overlap >= iou(b1, b2, "iou").numpy() - 1e-6)
+    np.testing.assert_allclose(iou(b2, b1, "iomin").numpy(), np.swapaxes(overlap, -1, -2), atol=1e-6)
+    np.testing.assert_allclose(aligned_iou(b1, b1[:, ::-1], "iomin"),
+                               np.diagonal(iou(b1, b1[:, ::-1], "iomin"), axis1=-2, axis2=-1), atol=1e-6)
+    # NumPy reference: intersection / min(area1, area2).
+    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
+    area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
+    iw = np.clip(np.minimum(b1[..., :, None, 2], b2[..., None, :, 2])
+                 - np.maximum(b1[..., :, None, 0], b2[..., None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(b1[..., :, None, 3], b2[..., None, :, 3])
+                 - np.maximum(b1[..., :, None, 1], b2[..., None, :, 1]), 0, None)
+    np.testing.assert_allclose(overlap, iw * ih / np.minimum(area1[..., :, None], area2[..., None, :]), rtol=1e-5)
+    # Empty boxes overlap nothing; values stay finite, under XLA too.
+    degenerate = iou(DEGENERATE_1, DEGENERATE_2, "iomin").numpy()
+    assert np.all(np.isfinite(degenerate)) and np.all(degenerate[:2] == 0.0)
+    xla = tf.function(lambda a, b: iou(a, b, "iomin"), jit_compile=True)
+    np.testing.assert_allclose(xla(b1, b2), overlap, atol=1e-6)
+
+
+def test_iomin_is_not_a_loss_mode():
+    from kdet.ops.boxes import IOU_MODES, OVERLAP_MODES
+
+    assert "iomin" in OVERLAP_MODES and "iomin" not in IOU_MODES

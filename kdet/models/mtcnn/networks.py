@@ -18,6 +18,7 @@ reads the logits through ``logits_model(net)``.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 #: Input side of RNet and ONet crops (paper, Sec. II-A).
@@ -28,11 +29,57 @@ PNET_CELL = 12
 PNET_STRIDE = 2
 
 
+@keras.saving.register_keras_serializable(package="kdet", name="MTCNNPReLU")
+class PReLU(layers.PReLU):
+    """``keras.layers.PReLU`` with the same weights, config and results, in fewer memory passes.
+
+    Keras computes ``relu(x) - alpha * relu(-x)``: four passes over the tensor,
+    one a multiply that broadcasts a short channel vector, which Eigen does
+    slowly. PReLU outputs are the largest tensors of the MTCNN cascade (PNet's
+    first pyramid level, RNet on hundreds of crops), and on CPU these passes
+    cost the networks about as much as their convolutions. This layer computes
+
+    * ``max(x, alpha * x)`` (two passes) when every slope is < 1: then
+      ``alpha * x <= x`` for x > 0 and ``>= x`` for x < 0, rounding included
+      (a slope of exactly 1 would tie for every x, and the max would give it
+      no gradient);
+    * ``x * where(x > 0, 1, alpha)`` (three passes) otherwise (the original
+      PNet and RNet have slopes up to 1.3 in their first layer),
+
+    chosen at run time, so that any weights stay exact. Per-channel slopes on
+    (B, H, W, C) inputs with static W and C are applied to a (B * H, W * C)
+    view with the slope row tiled W times: a long, vectorisable broadcast.
+
+    Every output equals Keras' float for float (``x * 1 = x``, and ``alpha * x``
+    is the product Keras forms as ``-alpha * -x``), up to the sign of zeros;
+    the gradients are the same except at x = 0 exactly.
+
+    Example:
+        >>> layer = PReLU(shared_axes=[1, 2])                     # doctest: +SKIP
+    """
+
+    def call(self, inputs):
+        alpha = tf.cast(self.alpha, inputs.dtype)
+        shape = inputs.shape
+        x, slope = inputs, alpha
+        rows = (self.shared_axes is not None and sorted(self.shared_axes) == [1, 2]
+                and shape.rank == 4 and shape[2] is not None and shape[3] is not None)
+        if rows:
+            # (B, H, W, C) -> (B * H, W * C) rows; the slope row is alpha tiled W times.
+            x = tf.reshape(inputs, (-1, shape[2] * shape[3]))
+            slope = tf.tile(tf.reshape(alpha, (-1,)), [shape[2]])
+
+        out = tf.cond(tf.reduce_all(slope < 1.0),
+                      lambda: tf.maximum(x, x * slope),
+                      lambda: x * tf.where(x > 0, tf.ones_like(slope), slope))
+        return tf.reshape(out, tf.shape(inputs)) if rows else out
+
+
 def _conv_prelu(x, filters: int, kernel: int, index: int, width: float = 1.0):
     """Conv (valid padding) + PReLU with one slope per channel, as in Caffe."""
     x = layers.Conv2D(max(1, int(round(filters * width))), kernel, padding="valid",
                       name=f"conv{index}")(x)
-    return layers.PReLU(shared_axes=[1, 2], name=f"prelu{index}")(x)
+    return PReLU(shared_axes=[1, 2], name=f"prelu{index}")(x)
 
 
 def build_pnet(width: float = 1.0, name: str = "pnet") -> keras.Model:
@@ -78,7 +125,7 @@ def _dense_head(x, units: int, index: int, width: float):
     x = layers.Permute((2, 1, 3), name="permute")(x)
     x = layers.Flatten(name=f"flatten{index - 1}")(x)
     x = layers.Dense(max(1, int(round(units * width))), name=f"fc{index}")(x)
-    return layers.PReLU(name=f"prelu{index}")(x)
+    return PReLU(name=f"prelu{index}")(x)
 
 
 def _crop_network(size: int, convs, dense_units: int, output_units, width: float, name: str) -> keras.Model:
