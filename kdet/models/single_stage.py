@@ -212,10 +212,10 @@ class SingleStageDetector(Detector):
 
     def class_scores(self, cls_logits):
         """Per-class probabilities (B, A, C) from the logits (background dropped)."""
-        probs, _ = self.head_probabilities(cls_logits)
+        probs, labels = self.head_probabilities(cls_logits)
         if self.config.head_output_ids is None:
             return probs
-        return tf.gather(probs, list(self.config.head_output_ids), axis=-1)
+        return tf.gather(probs, np.argsort(np.where(labels < 0, len(labels), labels))[:self.num_classes], axis=-1)
 
     def head_probabilities(self, cls_logits):
         """(probabilities (B, A, H) of the head's class outputs, kdet label of each (H,), -1 for none).
