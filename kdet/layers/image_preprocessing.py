@@ -13,9 +13,12 @@ rules (API.md, "Resizing"), inside the graph so exported models serve it:
   filled with mid-grey (0.5 of the 0..1 range).
 * ``"pad"``: automl's ``DetectionInputProcessor`` (efficientdet/dataloader.py,
   ``set_scale_factors_to_output_size`` + ``resize_and_crop_image``, called by
-  inference.py ``image_preprocess``): one scale ``min(H / h, W / w)`` in
-  float32, size ``int(h * scale)``, TF1 bilinear (``tf.compat.v1.image.resize``),
-  top-left, zero padding after normalisation; boxes back by ``1 / scale``.
+  inference.py ``image_preprocess``, tf2/infer_lib.py and tf2/efficientdet_keras.py
+  ``EfficientDetModel._preprocessing``): one scale ``min(H / h, W / w)`` in
+  float32, size ``int(h * scale)``, ``tf.image.resize`` bilinear (TF2: half-pixel
+  centres; dataloader.py imports ``tensorflow``, not ``tensorflow.compat.v1``),
+  top-left, zero padding after normalisation (``pad_to_bounding_box``); boxes
+  back by ``image_scale_to_original = 1 / scale``.
 * ``"min_max"``: torchvision's ``GeneralizedRCNNTransform`` (transform.py,
   ``_resize_image_and_masks`` in eager mode, torchvision 0.28 / 0.29): scale
   ``min(min_size / short side, max_size / long side)`` in Python (float64)
@@ -49,10 +52,10 @@ RULES = ("stretch", "letterbox", "pad", "min_max", "none")
 # Darknet fills the letterbox with 0.5 of the 0..1 range (src/image.c, letterbox_image).
 DARKNET_GREY = 127.5
 INTERPOLATIONS = ("bilinear", "bilinear_align_corners", "bilinear_legacy", "nearest", "area", "bicubic")
-# Default interpolation per rule: Darknet's resize_image is align-corners bilinear; automl resizes with
-# tf.compat.v1.image.resize (TF1's ResizeBilinear: no half-pixel centres); torchvision / OpenCV use
-# half-pixel centres (tf.image.resize).
-DEFAULT_INTERPOLATION = {"letterbox": "bilinear_align_corners", "pad": "bilinear_legacy"}
+# Default interpolation per rule: Darknet's resize_image is align-corners bilinear; automl (TF2 tf.image.resize),
+# torchvision and OpenCV use half-pixel centres (tf.image.resize). "bilinear_legacy" is TF1's ResizeBilinear
+# (no half-pixel centres), which automl's early TF1 dataloader (tf.image.resize_images) used.
+DEFAULT_INTERPOLATION = {"letterbox": "bilinear_align_corners"}
 
 
 def _min_max_scale(height: float, width: float, min_size: int, max_size: int) -> float:
@@ -84,7 +87,7 @@ class ImagePreprocessing(keras.layers.Layer):
         scale: multiplier applied first.
         mean, std: per-channel statistics applied after ``scale``.
         interpolation: "bilinear" (half-pixel centres), "bilinear_align_corners"
-            (Darknet), "bilinear_legacy" (TF1, automl), "nearest", "area",
+            (Darknet), "bilinear_legacy" (TF1), "nearest", "area",
             "bicubic"; default per rule.
         pad_pixel: raw pixel value of the padding (letterbox: 127.5); None pads
             with 0 after normalisation (the mean colour: automl, torchvision).

@@ -100,7 +100,8 @@ for _variant, _size, _ap, _ap50, _val in _AUTOML_VARIANTS:
     register(ModelEntry(
         name=f"efficientdet_{_variant}_coco",
         builder="kdet.models.efficientdet:EfficientDet",
-        builder_kwargs={"num_classes": 80, "variant": _variant},
+        # automl's inference preprocessing (efficientdet/dataloader.py DetectionInputProcessor): "pad".
+        builder_kwargs={"num_classes": 80, "variant": _variant, "resize": "pad"},
         description=f"EfficientDet-{_variant.upper()}, google/automl COCO checkpoint",
         input_size=(_size, _size),
         class_names=COCO,
