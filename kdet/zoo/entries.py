@@ -62,7 +62,8 @@ for _name, _backbone, _text, _stem, _bytes, _metrics, _source in _DARKNET_MODELS
     register(ModelEntry(
         name=_name,
         builder="kdet.models.yolov3:YOLOV3",
-        builder_kwargs={"num_classes": 80, "backbone": _backbone, "image_size": 416},
+        # Darknet's inference preprocessing (src/image.c letterbox_image, examples/detector.c test_detector).
+        builder_kwargs={"num_classes": 80, "backbone": _backbone, "image_size": 416, "resize": "letterbox"},
         description=f"{_text}, official Darknet COCO weights",
         input_size=(416, 416),
         class_names=COCO,
