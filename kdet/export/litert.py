@@ -39,7 +39,9 @@ def litert(model, filepath, quantization: str | None = None, representative_data
         representative_data: calibration images for "int8": a (N, H, W, 3)
             array or an iterable of (H, W, 3) images / (B, H, W, 3) batches,
             raw pixels. A handful (8 to 32) is enough.
-        image_size: (height, width) of the exported input; default the model's.
+        image_size: (height, width) of the images the exported model serves
+            (any size: the resize rule runs inside); default the model's
+            ``image_size``. Required for ``resize="min_max"``.
         saved_model_dir: convert this existing kdet SavedModel export instead
             of exporting ``model`` again.
         float_predictors: with "int8", keep the operators computing the
@@ -61,7 +63,8 @@ def litert(model, filepath, quantization: str | None = None, representative_data
     shape = serving_shape(model, image_size)
     if shape[1] is None:
         raise ValueError(
-            f"{type(model).__name__} has no fixed image_size; pass image_size=(height, width) for LiteRT."
+            f"{type(model).__name__} has no fixed image_size; pass image_size=(height, width) of the images the "
+            "LiteRT model will serve."
         )
     if quantization == "int8":
         batches = representative_batches(representative_data, shape[1:3])

@@ -11,7 +11,29 @@ from kdet.validation import check_image_size
 
 
 def serving_shape(model, image_size=None) -> tuple:
-    """(None, H, W, 3) input shape of the exported signature."""
+    """(None, H, W, 3) input shape of the exported signature: the size of the images it serves.
+
+    The model's resize rule maps those images to its network canvas inside
+    the exported graph (API.md, "Resizing"), so any (H, W) works; boxes come
+    back in the served images' pixels.
+
+    Args:
+        model: a kdet detector.
+        image_size: (height, width) of the images to serve; default the
+            model's ``image_size`` (its canvas). ``resize="min_max"`` sizes the
+            canvas from each image, so it needs ``image_size``; ``"none"``
+            (MTCNN) exports any size when it is None.
+
+    Raises:
+        ValueError: ``resize="min_max"`` without ``image_size``.
+    """
+    config = getattr(model, "config", None)
+    if image_size is None and getattr(config, "resize", None) == "min_max":
+        raise ValueError(
+            f"{type(model).__name__} uses resize='min_max' (min_size={config.min_size}, max_size={config.max_size}): "
+            "its network canvas follows each image's size, so an exported graph needs a fixed input size. Pass "
+            "image_size=(height, width) of the images it will serve (e.g. image_size=(480, 640)); the canvas is "
+            "then min_max's canvas for that size.")
     size = image_size or getattr(model, "image_size", None)
     if size is None:
         return (None, None, None, 3)
@@ -39,8 +61,10 @@ def saved_model(model, filepath, image_size=None, verbose: bool = False):
     Args:
         model: a kdet detector.
         filepath: output directory.
-        image_size: (height, width) of the signature; default the model's
-            ``image_size`` (fully convolutional models may leave it None).
+        image_size: (height, width) of the images the signature serves (any
+            size: the resize rule runs inside); default the model's
+            ``image_size``. Required for ``resize="min_max"`` (see
+            ``serving_shape``); fully convolutional models may leave it None.
 
     Returns:
         The output path.

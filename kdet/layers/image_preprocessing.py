@@ -13,14 +13,19 @@ rules (API.md, "Resizing"), inside the graph so exported models serve it:
   filled with mid-grey (0.5 of the 0..1 range).
 * ``"pad"``: automl's ``DetectionInputProcessor`` (efficientdet/dataloader.py,
   ``set_scale_factors_to_output_size`` + ``resize_and_crop_image``, called by
-  inference.py ``image_preprocess``): one scale ``min(H / h, W / w)`` in
-  float32, size ``int(h * scale)``, TF1 bilinear (``tf.compat.v1.image.resize``),
-  top-left, zero padding after normalisation; boxes back by ``1 / scale``.
-* ``"min_max"``: torchvision's ``GeneralizedRCNNTransform``: scale
-  ``min(min_size / short side, max_size / long side)`` in float32, size
-  ``floor(side * scale)`` (``interpolate(recompute_scale_factor=True)``),
-  bilinear, then padded bottom/right with zeros (after normalisation) to a
-  multiple of ``size_divisible``. The canvas then depends on the input size.
+  inference.py ``image_preprocess``, tf2/infer_lib.py and tf2/efficientdet_keras.py
+  ``EfficientDetModel._preprocessing``): one scale ``min(H / h, W / w)`` in
+  float32, size ``int(h * scale)``, ``tf.image.resize`` bilinear (TF2: half-pixel
+  centres; dataloader.py imports ``tensorflow``, not ``tensorflow.compat.v1``),
+  top-left, zero padding after normalisation (``pad_to_bounding_box``); boxes
+  back by ``image_scale_to_original = 1 / scale``.
+* ``"min_max"``: torchvision's ``GeneralizedRCNNTransform`` (transform.py,
+  ``_resize_image_and_masks`` in eager mode, torchvision 0.28 / 0.29): scale
+  ``min(min_size / short side, max_size / long side)`` in Python (float64)
+  arithmetic, size ``int(side * scale)`` (``interpolate(recompute_scale_factor=True)``),
+  bilinear with half-pixel centres, then padded bottom/right with zeros (after
+  normalisation) to a multiple of ``size_divisible``. The canvas then depends
+  on the input size.
 * ``"none"``: the image as it is (detectors that take any size, e.g. MTCNN).
 
 The mapping between input-image and network pixels is a per-image *frame*:
@@ -47,15 +52,19 @@ RULES = ("stretch", "letterbox", "pad", "min_max", "none")
 # Darknet fills the letterbox with 0.5 of the 0..1 range (src/image.c, letterbox_image).
 DARKNET_GREY = 127.5
 INTERPOLATIONS = ("bilinear", "bilinear_align_corners", "bilinear_legacy", "nearest", "area", "bicubic")
-# Default interpolation per rule: Darknet's resize_image is align-corners bilinear; automl resizes with
-# tf.compat.v1.image.resize (TF1's ResizeBilinear: no half-pixel centres); torchvision / OpenCV use
-# half-pixel centres (tf.image.resize).
-DEFAULT_INTERPOLATION = {"letterbox": "bilinear_align_corners", "pad": "bilinear_legacy"}
+# Default interpolation per rule: Darknet's resize_image is align-corners bilinear; automl (TF2 tf.image.resize),
+# torchvision and OpenCV use half-pixel centres (tf.image.resize). "bilinear_legacy" is TF1's ResizeBilinear
+# (no half-pixel centres), which automl's early TF1 dataloader (tf.image.resize_images) used.
+DEFAULT_INTERPOLATION = {"letterbox": "bilinear_align_corners"}
 
 
-def _torch_rdiv(numerator: float, denominator: float) -> np.float32:
-    """``numerator / tensor(denominator)`` as PyTorch computes it in float32: ``reciprocal * numerator``."""
-    return np.float32(numerator) * (np.float32(1.0) / np.float32(denominator))
+def _min_max_scale(height: float, width: float, min_size: int, max_size: int) -> float:
+    """torchvision's eager ``min(min_size / short side, max_size / long side)``, in float64 as Python computes it.
+
+    (TorchScript / ONNX tracing compute it on float32 tensors instead, which
+    can give one pixel less, e.g. 799 instead of 800 rows for a 424-row image.)
+    """
+    return min(float(min_size) / min(height, width), float(max_size) / max(height, width))
 
 
 def _ceil_to(value: int, multiple: int) -> int:
@@ -78,7 +87,7 @@ class ImagePreprocessing(keras.layers.Layer):
         scale: multiplier applied first.
         mean, std: per-channel statistics applied after ``scale``.
         interpolation: "bilinear" (half-pixel centres), "bilinear_align_corners"
-            (Darknet), "bilinear_legacy" (TF1, automl), "nearest", "area",
+            (Darknet), "bilinear_legacy" (TF1), "nearest", "area",
             "bicubic"; default per rule.
         pad_pixel: raw pixel value of the padding (letterbox: 127.5); None pads
             with 0 after normalisation (the mean colour: automl, torchvision).
@@ -152,10 +161,9 @@ class ImagePreprocessing(keras.layers.Layer):
             s = min(np.float32(ch) / np.float32(height), np.float32(cw) / np.float32(width))
             rh, rw = max(int(np.float32(height) * s), 1), max(int(np.float32(width) * s), 1)
             return {"resized": (rh, rw), "scale": (float(s), float(s)), "offset": (0, 0), "canvas": (ch, cw)}
-        # min_max: torchvision computes ``size / side`` on float32 tensors, which PyTorch does as
-        # ``reciprocal(side) * size`` (Tensor.__rtruediv__), then floors ``side * scale`` in double.
-        s = min(_torch_rdiv(self.min_size, min(height, width)), _torch_rdiv(self.max_size, max(height, width)))
-        rh, rw = max(int(math.floor(height * float(s))), 1), max(int(math.floor(width * float(s))), 1)
+        # min_max: ``int(side * scale)`` as torch.nn.functional.interpolate (recompute_scale_factor=True).
+        s = _min_max_scale(height, width, self.min_size, self.max_size)
+        rh, rw = max(int(height * s), 1), max(int(width * s), 1)
         canvas = (_ceil_to(rh, self.size_divisible), _ceil_to(rw, self.size_divisible))
         return {"resized": (rh, rw), "scale": (rh / height, rw / width), "offset": (0, 0), "canvas": canvas}
 
@@ -170,13 +178,10 @@ class ImagePreprocessing(keras.layers.Layer):
         if self.resize == "none":
             return (int(height), int(width))
         # min_max: the largest resized size any h <= height, w <= width can reach.
-        hs = np.arange(1, int(height) + 1, dtype=np.float32)[:, None]
-        ws = np.arange(1, int(width) + 1, dtype=np.float32)[None, :]
-        one = np.float32(1.0)
-        s = np.minimum(np.float32(self.min_size) * (one / np.minimum(hs, ws)),
-                       np.float32(self.max_size) * (one / np.maximum(hs, ws)))
-        rh = np.floor(hs.astype(np.float64) * s.astype(np.float64)).max()
-        rw = np.floor(ws.astype(np.float64) * s.astype(np.float64)).max()
+        hs = np.arange(1, int(height) + 1, dtype=np.float64)[:, None]
+        ws = np.arange(1, int(width) + 1, dtype=np.float64)[None, :]
+        s = np.minimum(self.min_size / np.minimum(hs, ws), self.max_size / np.maximum(hs, ws))
+        rh, rw = np.floor(hs * s).max(), np.floor(ws * s).max()
         return (_ceil_to(int(rh), self.size_divisible), _ceil_to(int(rw), self.size_divisible))
 
     # ----------------------------------------------------------- frames
@@ -250,8 +255,10 @@ class ImagePreprocessing(keras.layers.Layer):
             s = tf.minimum(ch / h, cw / w)
             resized = tf.maximum(tf.floor(tf.stack([h * s, w * s], axis=1)), 1.0)
             return tf.stack([s, s], axis=1), tf.zeros_like(sizes), resized
-        s = tf.minimum(float(self.min_size) * (1.0 / tf.minimum(h, w)), float(self.max_size) * (1.0 / tf.maximum(h, w)))
-        resized = tf.cast(tf.floor(tf.cast(sizes, tf.float64) * tf.cast(s, tf.float64)[:, None]), tf.float32)
+        # float64 as torchvision's eager arithmetic (``_min_max_scale``).
+        h64, w64 = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
+        s = tf.minimum(float(self.min_size) / tf.minimum(h64, w64), float(self.max_size) / tf.maximum(h64, w64))
+        resized = tf.cast(tf.floor(tf.cast(sizes, tf.float64) * s[:, None]), tf.float32)
         resized = tf.maximum(resized, 1.0)
         return resized / sizes, tf.zeros_like(sizes), resized
 

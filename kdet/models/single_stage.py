@@ -59,6 +59,10 @@ def clip_to_valid(boxes, frame):
     return clip_boxes(boxes, frame["valid_hw"][:, 0], frame["valid_hw"][:, 1])
 
 
+#: What ``pre_nms_top_k`` counts (``SingleStageConfig.top_k_rule``).
+TOP_K_RULES = ("anchor", "pair", "class")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SingleStageConfig(NMSConfig):
     """Settings of the dense anchor chain (see ``SingleStageDetector``).
@@ -68,10 +72,18 @@ class SingleStageConfig(NMSConfig):
         positive_threshold, negative_threshold, allow_low_quality_matches,
         force_match_for_each_gt: the IoU matcher.
         negative_ratio: hard negatives per positive ("softmax" heads).
-        pre_nms_top_k: anchors kept (by best class score) before NMS.
+        pre_nms_top_k: candidates kept before NMS (see ``top_k_rule``).
         top_k_per_level: apply ``pre_nms_top_k`` to each pyramid level
             separately (RetinaNet, Lin et al. 2017, section 4: "top 1k
             predictions per level") instead of to all anchors at once.
+        top_k_rule: what ``pre_nms_top_k`` counts. "anchor": the anchors with
+            the best class scores, each with all its classes; "pair": (anchor,
+            class) pairs, each one NMS candidate (torchvision's RetinaNet
+            ``postprocess_detections``: ``topk`` over the flattened per-level
+            scores of every head output); "class": each class's best anchors
+            (torchvision's SSD ``postprocess_detections``: ``topk_candidates``
+            per class). With ``head_output_ids``, "pair" ranks every head output
+            (as upstream) and keeps the pairs of kdet's labels.
         head_output_ids: the head's output index of each kdet label (e.g.
             torchvision's COCO ids 1..90 for kdet's 80 labels); None: label k
             is output k (k + 1 after a softmax head's background).
@@ -85,6 +97,7 @@ class SingleStageConfig(NMSConfig):
     negative_ratio: float = 3.0
     pre_nms_top_k: int | None = 1000
     top_k_per_level: bool = False
+    top_k_rule: str = "anchor"
     head_output_ids: tuple[int, ...] | None = None
 
     def validate(self):
@@ -101,6 +114,8 @@ class SingleStageConfig(NMSConfig):
             raise ValueError(f"negative_ratio must be > 0; received {self.negative_ratio!r}.")
         if self.pre_nms_top_k is not None:
             check_positive_int("pre_nms_top_k", self.pre_nms_top_k)
+        if self.top_k_rule not in TOP_K_RULES:
+            raise ValueError(f"top_k_rule must be one of {TOP_K_RULES}; received {self.top_k_rule!r}.")
         if self.head_output_ids is not None:
             ids = tuple(int(i) for i in self.head_output_ids)
             if len(ids) != self.num_classes or min(ids) < 0 or len(set(ids)) != len(ids):
@@ -197,12 +212,26 @@ class SingleStageDetector(Detector):
 
     def class_scores(self, cls_logits):
         """Per-class probabilities (B, A, C) from the logits (background dropped)."""
+        probs, labels = self.head_probabilities(cls_logits)
+        if self.config.head_output_ids is None:
+            return probs
+        return tf.gather(probs, np.argsort(np.where(labels < 0, len(labels), labels))[:self.num_classes], axis=-1)
+
+    def head_probabilities(self, cls_logits):
+        """(probabilities (B, A, H) of the head's class outputs, kdet label of each (H,), -1 for none).
+
+        The softmax (or sigmoid) runs over every head output, as upstream's;
+        a softmax head's background column is dropped.
+        """
         cls_logits = tf.cast(cls_logits, tf.float32)
-        probs = tf.nn.softmax(cls_logits, axis=-1) if self.classification == "softmax" else tf.sigmoid(cls_logits)
+        softmax = self.classification == "softmax"
+        probs = tf.nn.softmax(cls_logits, axis=-1) if softmax else tf.sigmoid(cls_logits)
         ids = self.config.head_output_ids
-        if ids is not None:
-            return tf.gather(probs, list(ids), axis=-1)
-        return probs[..., 1:] if self.classification == "softmax" else probs
+        if ids is None:
+            return (probs[..., 1:] if softmax else probs), np.arange(self.num_classes)
+        labels = np.full(self.head_classes, -1)
+        labels[list(ids)] = np.arange(self.num_classes)
+        return (probs[..., 1:], labels[1:]) if softmax else (probs, labels)
 
     def head_targets(self, labels):
         """kdet labels (>= 0) -> the class head's output index."""
@@ -214,12 +243,64 @@ class SingleStageDetector(Detector):
     def postprocess(self, raw, frame):
         canvas = frame["canvas"]
         boxes = clip_to_valid(self.decoder(raw["box"], self.anchors_for(canvas)), frame)
+        rule = self.config.top_k_rule
+        if rule == "pair" and self.config.pre_nms_top_k is not None:
+            return self.nms(*self._top_pairs(boxes, raw["cls"], canvas))
         scores = self.class_scores(raw["cls"])
+        if rule == "class":
+            return self.nms(boxes, self._top_per_class(scores))
         top = self._pre_nms_indices(tf.reduce_max(scores, axis=-1), canvas)
         if top is not None:
             boxes = tf.gather(boxes, top, batch_dims=1)
             scores = tf.gather(scores, top, batch_dims=1)
         return self.nms(boxes, scores)
+
+    def _level_slices(self, canvas) -> list[tuple[int, int]]:
+        """(start, count) of each group ``pre_nms_top_k`` applies to: every level, or all anchors."""
+        counts = self.level_counts(canvas)
+        if not self.config.top_k_per_level:
+            return [(0, sum(counts))]
+        starts = np.cumsum([0] + counts[:-1])
+        return [(int(a), int(n)) for a, n in zip(starts, counts)]
+
+    def _top_pairs(self, boxes, cls_logits, canvas):
+        """torchvision's RetinaNet candidates: the ``pre_nms_top_k`` best (anchor, class) pairs per level.
+
+        Exact two-stage selection: the k best pairs of a level lie among its k
+        anchors with the best score over all outputs (each of those pairs'
+        anchors scores at least the k-th pair), so the pairs are ranked among
+        those anchors only. Returns boxes (B, K, 4) and one-hot scores (B, K, C):
+        each pair is one NMS candidate of its own class (pairs of head outputs
+        that are no kdet label score 0).
+        """
+        probs, labels = self.head_probabilities(cls_logits)
+        columns = int(probs.shape[-1])
+        k = self.config.pre_nms_top_k
+        anchors, values, classes = [], [], []
+        for start, count in self._level_slices(canvas):
+            level = probs[:, start:start + count]
+            rows = None
+            if count > k:
+                rows = tf.math.top_k(tf.reduce_max(level, axis=-1), k=k)[1]
+                level = tf.gather(level, rows, batch_dims=1)
+            flat = tf.reshape(level, [-1, int(level.shape[1]) * columns])
+            top, index = tf.math.top_k(flat, k=min(k, int(flat.shape[-1])))
+            row = index // columns
+            anchors.append(start + (tf.gather(rows, row, batch_dims=1) if rows is not None else row))
+            values.append(top)
+            classes.append(index % columns)
+        label = tf.gather(tf.constant(labels, tf.int32), tf.concat(classes, axis=1))
+        scores = tf.one_hot(label, self.num_classes) * tf.concat(values, axis=1)[..., None]  # label -1: zeros
+        return tf.gather(boxes, tf.concat(anchors, axis=1), batch_dims=1), scores
+
+    def _top_per_class(self, scores):
+        """torchvision's SSD candidates: each class keeps its ``pre_nms_top_k`` best anchors (others score 0)."""
+        k, num_anchors = self.config.pre_nms_top_k, scores.shape[1]
+        if k is None or (num_anchors is not None and k >= num_anchors):
+            return scores
+        per_class = tf.transpose(scores, [0, 2, 1])  # (B, C, A)
+        kth = tf.math.top_k(per_class, k=k)[0][..., -1]  # (B, C): each class's k-th best score
+        return tf.where(scores >= kth[:, None, :], scores, 0.0)
 
     def _pre_nms_indices(self, best_scores, canvas):
         """(B, K) indices of the anchors kept before NMS, or None to keep all."""

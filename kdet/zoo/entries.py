@@ -62,7 +62,8 @@ for _name, _backbone, _text, _stem, _bytes, _metrics, _source in _DARKNET_MODELS
     register(ModelEntry(
         name=_name,
         builder="kdet.models.yolov3:YOLOV3",
-        builder_kwargs={"num_classes": 80, "backbone": _backbone, "image_size": 416},
+        # Darknet's inference preprocessing (src/image.c letterbox_image, examples/detector.c test_detector).
+        builder_kwargs={"num_classes": 80, "backbone": _backbone, "image_size": 416, "resize": "letterbox"},
         description=f"{_text}, official Darknet COCO weights",
         input_size=(416, 416),
         class_names=COCO,
@@ -100,7 +101,8 @@ for _variant, _size, _ap, _ap50, _val in _AUTOML_VARIANTS:
     register(ModelEntry(
         name=f"efficientdet_{_variant}_coco",
         builder="kdet.models.efficientdet:EfficientDet",
-        builder_kwargs={"num_classes": 80, "variant": _variant},
+        # automl's inference preprocessing (efficientdet/dataloader.py DetectionInputProcessor): "pad".
+        builder_kwargs={"num_classes": 80, "variant": _variant, "resize": "pad"},
         description=f"EfficientDet-{_variant.upper()}, google/automl COCO checkpoint",
         input_size=(_size, _size),
         class_names=COCO,
@@ -121,6 +123,8 @@ for _variant, _size, _ap, _ap50, _val in _AUTOML_VARIANTS:
 # (https://pytorch.org/vision/stable/models.html, "Object Detection" table; the *_Weights.COCO_V1
 # entries), COCO val2017 box AP. The file names carry the first 8 hex digits of the file's sha256
 # (torchvision's convention); the full hash is recorded after the first verified download.
+# Each builder reproduces its model's whole torchvision pipeline (kdet/zoo/torchvision.py): RetinaNet and
+# Faster R-CNN resize="min_max" (any input size: input_size None), SSD300 stretched to 300 x 300.
 _TORCHVISION_URL = "https://download.pytorch.org/models/{}"
 _TORCHVISION_LICENSE = "BSD-3-Clause (torchvision)"
 _TORCHVISION_SOURCE = ("torchvision model documentation, Object Detection table, {}.COCO_V1 "
@@ -129,10 +133,10 @@ _TORCHVISION_CLASSIFIER = {"torchvision_retinanet": _RETINA_CLASSIFIER, "torchvi
                            "torchvision_faster_rcnn": _FASTER_RCNN_CLASSIFIER}
 _TORCHVISION_MODELS = (  # name, file, builder, builder kwargs, input size, converter, weights enum, AP, text
     ("retinanet_resnet50_fpn_coco", "retinanet_resnet50_fpn_coco-eeacb38b.pth", "torchvision_retinanet",
-     {"num_classes": 80, "image_size": 800}, (800, 800), "load_retinanet_pth",
+     {"num_classes": 80}, None, "load_retinanet_pth",
      "RetinaNet_ResNet50_FPN_Weights", 36.4, "RetinaNet, ResNet-50 FPN"),
     ("fasterrcnn_resnet50_fpn_coco", "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth", "torchvision_faster_rcnn",
-     {"num_classes": 80, "image_size": 800}, (800, 800), "load_faster_rcnn_pth",
+     {"num_classes": 80}, None, "load_faster_rcnn_pth",
      "FasterRCNN_ResNet50_FPN_Weights", 37.0, "Faster R-CNN, ResNet-50 FPN"),
     ("ssd300_vgg16_coco", "ssd300_vgg16_coco-b556d3b4.pth", "torchvision_ssd300",
      {"num_classes": 80}, (300, 300), "load_ssd300_pth",

@@ -153,8 +153,11 @@ def _rebuilt_with_classes(model, num_classes: int):
         raise ValueError(f"{type(model).__name__} has no num_classes in its config; cannot "
                          f"change it to {num_classes}.")
     config = {**config, "num_classes": num_classes}
-    if config.get("class_names") is not None:  # the old names no longer fit
-        config["class_names"] = None
+    # The old names and the head's output of each old label no longer fit: the new classifier has one
+    # output per new class (head_output_ids of a converted 91-output COCO head, see kdet.zoo.torchvision).
+    for key in ("class_names", "head_output_ids"):
+        if config.get(key) is not None:
+            config[key] = None
     return type(model).from_config(config)
 
 

@@ -10,10 +10,19 @@ Conventions of the conversion (torchvision 0.8+ ``models/detection``):
   anchor-major (anchor ``a``'s outputs are channels ``a * K .. a * K + K - 1``)
   and flatten (y, x, anchor), so only the class axis changes.
 * Labels: torchvision's COCO heads have 91 outputs indexed by COCO category id
-  (0 = background, 10 ids unused). kdet's COCO models have the 80 contiguous
-  labels of :mod:`kdet.zoo.coco_classes`; the converter keeps the channels of
-  ``COCO_CATEGORY_IDS`` (and channel 0 where the kdet model has a background
-  class). A kdet model with 91 classes receives all channels unchanged.
+  (0 = background, 10 ids unused). The builders below give kdet's 80-label COCO
+  models all 91 outputs with ``head_output_ids = COCO_CATEGORY_IDS``: scores
+  are computed over every output exactly as upstream (a softmax over 91 values
+  for SSD and Faster R-CNN), then kdet's contiguous labels of
+  :mod:`kdet.zoo.coco_classes` read their own columns. A model whose head has
+  another width (80 / 81 outputs, no ``head_output_ids``) receives the channels
+  of ``COCO_CATEGORY_IDS`` (and channel 0 where it has a background class);
+  a kdet model with 90 or 91 classes receives all channels unchanged.
+* Pipelines: :func:`torchvision_retinanet` and :func:`torchvision_faster_rcnn`
+  default to ``resize="min_max"`` (``GeneralizedRCNNTransform``: shorter side
+  800, longer side at most 1333, padded to a multiple of 32) and upstream's
+  inference settings; :func:`torchvision_ssd300` stretches to 300 x 300
+  (``fixed_size``) as upstream.
 
 Every torchvision key (but ``num_batches_tracked``) must be consumed and every
 kdet weight assigned, otherwise :class:`ValueError` lists the difference.
@@ -35,6 +44,12 @@ from kdet.zoo.converters import weighted_layers_by_name
 
 # torchvision's COCO heads: background + category ids 1..90.
 TORCHVISION_COCO_OUTPUTS = 91
+# kdet label k of an 80-class COCO model -> torchvision's output (its COCO category id).
+COCO_HEAD_OUTPUT_IDS = tuple(int(i) for i in COCO_CATEGORY_IDS)
+# torchvision GeneralizedRCNNTransform of retinanet_resnet50_fpn / fasterrcnn_resnet50_fpn (min_size=800,
+# max_size=1333, size_divisible=32); a fixed canvas (resize="stretch", ...) defaults to 800 x 800.
+TORCHVISION_MIN_SIZE, TORCHVISION_MAX_SIZE = 800, 1333
+FIXED_CANVAS = 800
 # ResNet-50 bottleneck blocks per stage (torchvision layer1..layer4).
 RESNET50_BLOCKS = (3, 4, 6, 3)
 
@@ -79,6 +94,36 @@ def select_anchor_channels(arrays: list[np.ndarray], per_anchor: int, keep: np.n
     anchors = bias.shape[0] // per_anchor
     index = (np.arange(anchors)[:, None] * per_anchor + keep[None, :]).reshape(-1)
     return [kernel[..., index], bias[index]]
+
+
+def head_channels(model, background: bool) -> np.ndarray:
+    """Indices of torchvision's 91 outputs feeding ``model``'s class head (all of them for a 91-wide head)."""
+    if getattr(model, "head_classes", None) == TORCHVISION_COCO_OUTPUTS:
+        return np.arange(TORCHVISION_COCO_OUTPUTS)
+    return class_channels(model.num_classes, background)
+
+
+def coco_options(num_classes: int, options: dict) -> dict:
+    """80 classes: the COCO names and all 91 outputs kept (``head_output_ids`` = the COCO category ids)."""
+    from kdet.zoo.coco_classes import COCO_CLASSES
+
+    if num_classes == 80:
+        options.setdefault("class_names", list(COCO_CLASSES))
+        options.setdefault("head_output_ids", COCO_HEAD_OUTPUT_IDS)
+    return options
+
+
+def canvas_options(resize: str, image_size, options: dict) -> dict:
+    """torchvision's transform: "min_max" (800 / 1333), or a fixed canvas (default 800) for the other rules."""
+    if resize == "min_max":
+        if image_size is not None:
+            raise ValueError(f"image_size={image_size!r} sets a fixed canvas, but resize='min_max' sizes the canvas "
+                             f"from each image (min_size / max_size); pass resize='stretch' (or 'letterbox', 'pad') "
+                             f"with image_size, or min_size= / max_size=.")
+        options.setdefault("min_size", TORCHVISION_MIN_SIZE)
+        options.setdefault("max_size", TORCHVISION_MAX_SIZE)
+        return {**options, "resize": resize}
+    return {**options, "resize": resize, "image_size": FIXED_CANVAS if image_size is None else image_size}
 
 
 def resnet_key_map(prefix: str = "backbone.body.", blocks=RESNET50_BLOCKS) -> dict[str, tuple[str, str]]:
@@ -188,39 +233,42 @@ def convert_retinanet(model, state_dict: Mapping[str, np.ndarray]):
 
     Args:
         model: ``RetinaNet`` with ``backbone="resnet50"``, FPN width 256, head
-            depth 4, 9 anchors per location and 80 (COCO labels) or 91 classes;
+            depth 4, 9 anchors per location and a 91-output class head (80
+            COCO labels with ``head_output_ids``, or 91 classes) or 80 outputs;
             build it with :func:`torchvision_retinanet` to get torchvision's
-            anchors and inference settings.
+            anchors, pipeline and inference settings.
         state_dict: ``{key: np.ndarray}`` (e.g. :func:`kdet.zoo.pth.load_state_dict`).
 
     Returns:
         ``model``, with its weights set.
     """
-    keep = class_channels(model.num_classes, background=False)
+    keep = head_channels(model, background=False)
     transforms = {"cls_pred": lambda arrays: select_anchor_channels(arrays, TORCHVISION_COCO_OUTPUTS, keep)}
     apply_key_map(model, state_dict, retinanet_key_map(), transforms)
     return model
 
 
-def torchvision_retinanet(num_classes: int = 80, image_size=800, **kwargs):
-    """A kdet ``RetinaNet`` with torchvision's ``retinanet_resnet50_fpn`` conventions.
+def torchvision_retinanet(num_classes: int = 80, resize: str = "min_max", image_size=None, **kwargs):
+    """A kdet ``RetinaNet`` with torchvision's ``retinanet_resnet50_fpn`` pipeline.
 
-    Anchors: :func:`kdet.models.retinanet.torchvision_anchor_generator`
+    Resizing: ``resize="min_max"`` (shorter side 800, longer at most 1333,
+    padded to a multiple of 32), or another rule with ``image_size`` (default
+    800). Anchors: :func:`kdet.models.retinanet.torchvision_anchor_generator`
     (offset 0, rounded base anchors, truncated octave sizes); box deltas
     unweighted (torchvision ``BoxCoder(weights=(1, 1, 1, 1))``); ImageNet
-    mean / std on 0..1 pixels; inference as torchvision's ``RetinaNet``:
-    score 0.05, 1000 candidates per level, NMS 0.5, 300 detections.
+    mean / std on 0..1 pixels. Inference as torchvision's ``RetinaNet``
+    (``score_thresh=0.05``, ``topk_candidates=1000`` (anchor, class) pairs per
+    level over all 91 sigmoid outputs, ``nms_thresh=0.5``,
+    ``detections_per_img=300``). 80 classes keep all 91 outputs
+    (``head_output_ids``).
     """
     from kdet.models.retinanet import RetinaNet, torchvision_anchor_generator
-    from kdet.zoo.coco_classes import COCO_CLASSES
 
-    options = dict(score_threshold=0.05, pre_nms_top_k=1000, top_k_per_level=True, nms_iou_threshold=0.5,
-                   max_detections=300, box_variances=(1.0, 1.0, 1.0, 1.0))
+    options = dict(score_threshold=0.05, pre_nms_top_k=1000, top_k_per_level=True, top_k_rule="pair",
+                   nms_iou_threshold=0.5, max_detections=300, box_variances=(1.0, 1.0, 1.0, 1.0))
     options.update(kwargs)
-    if num_classes == 80:
-        options.setdefault("class_names", list(COCO_CLASSES))
-    return RetinaNet(num_classes, backbone="resnet50", image_size=image_size,
-                     anchor_generator=torchvision_anchor_generator(), **options)
+    options = canvas_options(resize, image_size, coco_options(num_classes, options))
+    return RetinaNet(num_classes, backbone="resnet50", anchor_generator=torchvision_anchor_generator(), **options)
 
 
 # torchvision ssd300_vgg16: indices of the convs in ``backbone.features`` (VGG-16 up to conv4_3) and the
@@ -256,14 +304,15 @@ def convert_ssd300(model, state_dict: Mapping[str, np.ndarray]):
 
     Args:
         model: ``SSD(80 or 90, backbone="vgg16", image_size=300)``; build it with
-            :func:`torchvision_ssd300` to get torchvision's default boxes and
-            normalisation. kdet's background is output 0, as torchvision's.
+            :func:`torchvision_ssd300` to get torchvision's default boxes,
+            normalisation and 91-output head. kdet's background is output 0,
+            as torchvision's.
         state_dict: ``{key: np.ndarray}``.
 
     Returns:
         ``model``, with its weights set.
     """
-    keep = class_channels(model.num_classes, background=True)
+    keep = head_channels(model, background=True)
     transforms = {f"ssd_cls_l{level}": lambda arrays: select_anchor_channels(arrays, TORCHVISION_COCO_OUTPUTS, keep)
                   for level in range(6)}
     apply_key_map(model, state_dict, ssd300_key_map(), transforms)
@@ -275,22 +324,22 @@ def torchvision_ssd300(num_classes: int = 80, **kwargs):
 
     Default boxes of scales ``TORCHVISION_SSD300_SCALES`` (clipped to the
     image), steps 8..300, box-coder weights (10, 10, 5, 5) = variances
-    (0.1, 0.1, 0.2, 0.2), pixels ``x - 255 * mean``; inference as torchvision:
-    score 0.01, 400 candidates per class, NMS 0.45, 200 detections.
+    (0.1, 0.1, 0.2, 0.2), pixels ``x - 255 * mean``, stretched to 300 x 300
+    (torchvision's ``fixed_size``); inference as torchvision's ``SSD``: softmax
+    over all 91 outputs (80 classes: ``head_output_ids``), score 0.01, the 400
+    best anchors of each class (``topk_candidates``), NMS 0.45, 200 detections.
     """
     from kdet.models.ssd import SSD
-    from kdet.zoo.coco_classes import COCO_CLASSES
 
-    options = dict(score_threshold=0.01, pre_nms_top_k=400, nms_iou_threshold=0.45, max_detections=200,
+    options = dict(score_threshold=0.01, pre_nms_top_k=400, top_k_rule="class", nms_iou_threshold=0.45,
+                   max_detections=200, resize="stretch",
                    box_variances=(0.1, 0.1, 0.2, 0.2), anchor_scales=TORCHVISION_SSD300_SCALES,
                    steps=TORCHVISION_SSD300_STEPS, clip_default_boxes=True, image_size=300,
                    # x - 255 * mean on 0..255 pixels: torchvision's image_std of 1/255.
                    pixel_scale=1.0, pixel_mean=tuple(m / s for m, s in zip(TORCHVISION_SSD300_MEAN,
                                                                         TORCHVISION_SSD300_STD)))
     options.update(kwargs)
-    if num_classes == 80:
-        options.setdefault("class_names", list(COCO_CLASSES))
-    return SSD(num_classes, backbone="vgg16", **options)
+    return SSD(num_classes, backbone="vgg16", **coco_options(num_classes, options))
 
 
 def select_blocks(arrays: list[np.ndarray], block: int, keep: np.ndarray) -> list[np.ndarray]:
@@ -329,13 +378,13 @@ def convert_faster_rcnn(model, state_dict: Mapping[str, np.ndarray]):
     Args:
         model: ``FasterRCNN(80 or 90, backbone="resnet50_fpn")`` with the full
             box head (``box_head_ranks=(None, None)``); build it with
-            :func:`torchvision_faster_rcnn`.
+            :func:`torchvision_faster_rcnn` (91 outputs for 80 classes).
         state_dict: ``{key: np.ndarray}``.
 
     Returns:
         ``model``, with its weights set.
     """
-    keep = class_channels(model.num_classes, background=True)
+    keep = head_channels(model, background=True)
     size = model.config.roi_output_size
     transforms = {
         "roi_heads_box_head_fc6": lambda arrays: chw_to_hwc_rows(arrays, model.config.fpn_width, size),
@@ -346,24 +395,30 @@ def convert_faster_rcnn(model, state_dict: Mapping[str, np.ndarray]):
     return model
 
 
-def torchvision_faster_rcnn(num_classes: int = 80, image_size=800, **options):
-    """A kdet ``FasterRCNN`` with torchvision's ``fasterrcnn_resnet50_fpn`` conventions.
+def torchvision_faster_rcnn(num_classes: int = 80, resize: str = "min_max", image_size=None, **options):
+    """A kdet ``FasterRCNN`` with torchvision's ``fasterrcnn_resnet50_fpn`` pipeline.
 
-    kdet's FasterRCNN defaults are torchvision's already (anchors 32..512 with
-    offset 0 and rounded base anchors, RPN 1000 / 1000 at test, NMS 0.7,
-    MultiScaleRoIAlign 7x7 sampling ratio 2 unaligned, canonical 224 / level 4,
-    box weights (10, 10, 5, 5), score 0.05, NMS 0.5, 100 detections); this
-    adds the COCO class names and RoIAlign's border clamping
-    (``roi_clamp_outside=True``: the reference outputs read the border row /
-    column for samples past the feature map).
+    Resizing as :func:`torchvision_retinanet`. kdet's FasterRCNN defaults are
+    torchvision's already (anchors 32..512 with offset 0 and rounded base
+    anchors, MultiScaleRoIAlign 7x7 sampling ratio 2 unaligned, canonical 224
+    / level 4, box weights (10, 10, 5, 5)); set here explicitly: the RPN at
+    test time (``rpn_pre_nms_top_n_test=1000`` per level,
+    ``rpn_post_nms_top_n_test=1000``, ``rpn_nms_thresh=0.7``,
+    ``rpn_score_thresh=0``, boxes under 1e-3 px dropped) and the box head
+    (``box_score_thresh=0.05``, ``box_nms_thresh=0.5``,
+    ``box_detections_per_img=100``, boxes under 1e-2 px dropped, softmax over
+    all 91 outputs: ``head_output_ids`` for 80 classes); plus the COCO class
+    names and RoIAlign's border clamping (``roi_clamp_outside=True``: the
+    reference outputs read the border row / column for samples past the
+    feature map).
     """
     from kdet.models.faster_rcnn import FasterRCNN
-    from kdet.zoo.coco_classes import COCO_CLASSES
 
-    if num_classes == 80:
-        options.setdefault("class_names", list(COCO_CLASSES))
-    options.setdefault("roi_clamp_outside", True)
-    return FasterRCNN(num_classes, backbone="resnet50_fpn", image_size=image_size, **options)
+    defaults = dict(rpn_pre_nms_top_k_test=1000, rpn_post_nms_top_k_test=1000, rpn_nms_threshold=0.7,
+                    rpn_min_size=1e-3, score_threshold=0.05, nms_iou_threshold=0.5, max_detections=100,
+                    min_box_size=1e-2, roi_clamp_outside=True)
+    options = canvas_options(resize, image_size, coco_options(num_classes, {**defaults, **options}))
+    return FasterRCNN(num_classes, backbone="resnet50_fpn", **options)
 
 
 def _from_pth(convert):

@@ -1,8 +1,10 @@
 """Every architecture's tiny configuration exports to SavedModel and LiteRT (builtin ops) with parity.
 
-Weights are random, so scores nearly tie and the order of detections may
-differ between runtimes: detections are compared as sets (each of the Keras
-top detections must be found at IoU >= 0.9 with the same label).
+Each uses another resize rule and serves non-square 96 x 160 images, so the exported graphs hold the
+resizing ("min_max": the canvas of that size, 128 x 192; "letterbox", "pad", "stretch": the fixed canvas)
+and boxes come back in the served images' pixels. Weights are random, so scores nearly tie and the order
+of detections may differ between runtimes: detections are compared as sets (each of the Keras top
+detections must be found at IoU >= 0.9 with the same label).
 """
 
 import keras
@@ -16,12 +18,26 @@ from kdet.export import litert_operators, run_litert
 from kdet.ops import iou
 
 BUILDERS = {
-    "retinanet": lambda: kdet.models.RetinaNet(3, backbone="tiny", image_size=128),
-    "efficientdet": lambda: kdet.models.EfficientDet(3, backbone="tiny", image_size=128),
-    "ssd": lambda: kdet.models.SSD(3, backbone="tiny", image_size=128),
-    "yolov3": lambda: kdet.models.YOLOV3(3, backbone="tiny", image_size=128),
-    "faster_rcnn": lambda: kdet.models.FasterRCNN(3, backbone="tiny", image_size=128),
+    "retinanet": lambda: kdet.models.RetinaNet(3, backbone="tiny", resize="min_max", min_size=128, max_size=192),
+    "efficientdet": lambda: kdet.models.EfficientDet(3, backbone="tiny", image_size=128, resize="pad"),
+    "ssd": lambda: kdet.models.SSD(3, backbone="tiny", image_size=128, resize="stretch"),
+    "yolov3": lambda: kdet.models.YOLOV3(3, backbone="tiny", image_size=128, resize="letterbox"),
+    "faster_rcnn": lambda: kdet.models.FasterRCNN(3, backbone="tiny", image_size=128, resize="stretch"),
 }
+SERVED = (96, 160)  # the exported models' input: non-square photos
+
+
+def _spread_scores(model) -> None:
+    """Random classifier weights: fresh heads score every anchor alike (focal prior 0.01, Lin et al. 2017),
+    and tied scores have no runtime-independent order. Spread them so the top detections are well defined."""
+    from kdet.zoo.converters import weighted_layers_by_name
+
+    rng = np.random.default_rng(0)
+    layers = weighted_layers_by_name(model)
+    for name in model.classifier_layers:
+        layer = layers[name]
+        layer.set_weights([rng.normal(0.0, 0.3 if w.ndim == 1 else 0.05, w.shape).astype(np.float32)
+                           for w in layer.get_weights()])
 
 
 def _matched_fraction(expected, got, k=10):
@@ -47,20 +63,31 @@ def _matched_fraction(expected, got, k=10):
 def test_tiny_architecture_exports(arch, tmp_path):
     keras.utils.set_random_seed(0)
     model = BUILDERS[arch]()
-    x, _ = synthetic_arrays(2, 128, seed=4)
-    x = x.astype(np.float32)
+    _spread_scores(model)
+    x, _ = synthetic_arrays(2, 160, seed=4)
+    x = x[:, 32:128].astype(np.float32)  # 96 x 160
     expected = model.predict(x, verbose=0)
+    assert int(expected["num_detections"].min()) > 0
+    assert expected["boxes"][..., 2].max() <= SERVED[1] and expected["boxes"][..., 3].max() <= SERVED[0]
 
-    sm_dir = model.export(tmp_path / "sm", format="tf_saved_model")
+    sm_dir = model.export(tmp_path / "sm", format="tf_saved_model", image_size=SERVED)
     served = tf.saved_model.load(str(sm_dir)).signatures["serving_default"](images=tf.constant(x))
     np.testing.assert_array_equal(served["num_detections"].numpy(), expected["num_detections"])
     assert _matched_fraction(expected, {k: v.numpy() for k, v in served.items()}) >= 0.9
 
-    path = kdet.export.litert(model, tmp_path / f"{arch}.tflite", saved_model_dir=sm_dir)
+    path = kdet.export.litert(model, tmp_path / f"{arch}.tflite", saved_model_dir=sm_dir, image_size=SERVED)
     assert not any(op.startswith("CUSTOM") for op in litert_operators(path))
     got = run_litert(path, x)
     assert {"boxes", "scores", "labels", "num_detections"} <= set(got)
     assert _matched_fraction(expected, got) >= 0.9
+
+
+def test_min_max_export_needs_the_served_size(tmp_path):
+    model = BUILDERS["retinanet"]()
+    for export in (lambda: model.export(tmp_path / "sm", format="tf_saved_model"),
+                   lambda: kdet.export.litert(model, tmp_path / "m.tflite")):
+        with pytest.raises(ValueError, match=r"resize='min_max' .* [Pp]ass image_size=\(height, width\)"):
+            export()
 
 
 def test_pretrained_mtcnn_exports_with_landmarks(tmp_path, shared_dir):

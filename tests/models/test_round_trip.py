@@ -21,7 +21,7 @@ COMMON = dict(num_classes=2, bounding_box_format="yxyx", class_names=("disc", "s
 MIN_MAX = dict(resize="min_max", min_size=96, max_size=160, size_divisible=64)
 ANCHOR_CHAIN = dict(box_variances=(0.1, 0.1, 0.2, 0.2), positive_threshold=0.6, negative_threshold=0.35,
                     allow_low_quality_matches=False, force_match_for_each_gt=True, negative_ratio=2.0,
-                    pre_nms_top_k=300, head_output_ids=(3, 1))
+                    pre_nms_top_k=300, head_output_ids=(3, 1), top_k_rule="pair")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_efficientdet(images, tmp_path):
 
 def test_ssd(images, tmp_path):
     chain = dict(ANCHOR_CHAIN, box_variances=(0.2, 0.2, 0.1, 0.1), allow_low_quality_matches=True,
-                 force_match_for_each_gt=False)
+                 force_match_for_each_gt=False, top_k_rule="class")
     settings = dict(COMMON, **chain, backbone="tiny", image_size=(96, 96), resize="letterbox",
                     size_divisible=64, min_scale=0.25, max_scale=0.8, anchor_scales=(0.1, 0.25, 0.4, 0.55, 0.7, 0.95),
                     aspect_ratios=((2.0,), (2.0,), (2.0, 3.0), (2.0,), (2.0,)), steps=(8, 16, 32, 48, 96),

@@ -183,7 +183,7 @@ def test_entries_d0_to_d7():
                                      f"efficientdet-{variant}.tar.gz")
         assert entry.weights.archive == "tar" and entry.input_size == (preset["image_size"],) * 2
         assert locate.resolve(entry.weights.converter) is automl.convert_automl_efficientdet
-        assert dict(entry.builder_kwargs) == {"num_classes": 80, "variant": variant}
+        assert dict(entry.builder_kwargs) == {"num_classes": 80, "variant": variant, "resize": "pad"}
         assert entry.get_class_names()[0] == "person" and 30 < entry.metrics["coco_box_AP"] < 60
         assert (repo / entry.model_card).is_file()
 
@@ -235,6 +235,84 @@ def test_load_with_a_local_tarball_converts_on_the_fly(fixture, tmp_path, monkey
     errors = max_errors(automl_layout(model.raw_outputs(ref["image_uint8"][None]), spec["image_size"]), expected)
     assert max(errors.values()) < TOLERANCE, errors
     assert not (tmp_path / "kdet_home" / "converted").exists()
+
+
+def automl_preprocess(image: np.ndarray, output_size: int, mean_rgb, stddev_rgb):
+    """automl's inference preprocessing, transcribed from efficientdet/dataloader.py ``DetectionInputProcessor``:
+    ``normalize_image``, ``set_scale_factors_to_output_size``, ``resize_and_crop_image`` (as called by
+    inference.py ``image_preprocess`` and tf2 ``EfficientDetModel._preprocessing``).
+
+    Returns:
+        (canvas (output_size, output_size, 3), image_scale_to_original = 1 / image_scale, (scaled height, width)):
+        float32 arithmetic, e.g. a 150 x 220 image scales to 174 x 255 (256 / 220 * 220 < 256 in float32).
+    """
+    import tensorflow as tf
+
+    image = tf.cast(image, tf.float32)
+    image -= tf.constant(mean_rgb, shape=(1, 1, 3), dtype=tf.float32)
+    image /= tf.constant(stddev_rgb, shape=(1, 1, 3), dtype=tf.float32)
+    height = tf.cast(tf.shape(image)[0], tf.float32)
+    width = tf.cast(tf.shape(image)[1], tf.float32)
+    image_scale = tf.minimum(tf.cast(output_size, tf.float32) / width, tf.cast(output_size, tf.float32) / height)
+    scaled_height = tf.cast(height * image_scale, tf.int32)
+    scaled_width = tf.cast(width * image_scale, tf.int32)
+    scaled = tf.image.resize(image, [scaled_height, scaled_width], method=tf.image.ResizeMethod.BILINEAR)
+    canvas = tf.image.pad_to_bounding_box(scaled[:output_size, :output_size], 0, 0, output_size, output_size)
+    return canvas.numpy(), float(1.0 / image_scale), (int(scaled_height), int(scaled_width))
+
+
+@pytest.fixture(scope="module")
+def d0_entry(fixture, tmp_path_factory):
+    """`efficientdet_d0_coco` with its entry defaults (resize="pad") at the fixture's 256 px, from a tarball."""
+    spec, _, values = fixture
+    tmp = tmp_path_factory.mktemp("d0_entry")
+    archive = tmp / "efficientdet-d0.tar.gz"
+    archive.write_bytes(_tarball(values, tmp / "src"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KDET_HOME", str(tmp / "kdet_home"))
+        return kdet.load("efficientdet_d0_coco", weights=archive, image_size=spec["image_size"])
+
+
+@pytest.mark.parametrize("rows, cols", [(slice(0, 256), slice(40, 232)),    # 256 x 192: no resize, right padding
+                                        (slice(30, 180), slice(10, 230))])  # 150 x 220: x 1.1636, bottom padding
+def test_d0_pad_pipeline_on_non_square_crops(fixture, d0_entry, rows, cols):
+    """A non-square crop of the fixture's photo through the entry's "pad" pipeline.
+
+    The network is automl's (head outputs within 1e-4 of the fixture on its own input, tests above); what
+    "pad" adds is checked against automl's preprocessing code (``automl_preprocess``): the same canvas, the
+    same head outputs, and detections mapped back to the crop by automl's ``image_scale_to_original``.
+    """
+    spec, ref, _ = fixture
+    model = d0_entry
+    assert model.config.resize == "pad"
+    crop = np.ascontiguousarray(ref["image_uint8"][rows, cols])
+    canvas, to_original, valid = automl_preprocess(crop, spec["image_size"], spec["mean_rgb"], spec["stddev_rgb"])
+    height, width = crop.shape[:2]
+    assert np.all(canvas[valid[0]:] == 0) and np.all(canvas[:, valid[1]:] == 0) and min(valid) < 256
+    # Where the crop itself fits (no resize), the canvas holds the fixture's own normalised pixels.
+    if to_original == 1.0:
+        np.testing.assert_allclose(canvas[:height, :width], ref["normalized_input"][rows, cols], atol=1e-5)
+    ours = np.asarray(model.preprocessor(crop[None].astype(np.float32)))[0]
+    np.testing.assert_allclose(ours, canvas, atol=2e-5)
+    frame = model.frame_of(crop[None].astype(np.float32))
+    np.testing.assert_allclose(np.asarray(frame["valid_hw"])[0], valid)
+    np.testing.assert_allclose(1.0 / np.asarray(frame["scale"])[0], [to_original] * 2, rtol=1e-6)
+    # Head outputs of the crop = the network on automl's canvas.
+    raw = model.raw_outputs(crop[None])
+    expected = model.network(canvas[None], training=False)
+    for key in ("cls", "box"):
+        np.testing.assert_allclose(np.asarray(raw[key]), np.asarray(expected[key]), atol=1e-4)
+    # Detections: decoded on the canvas, then back to the crop's pixels by automl's 1 / scale.
+    canvas_frame = model.frame_of(canvas[None])
+    canvas_frame["valid_hw"] = frame["valid_hw"]  # kdet clips to the image's region of the canvas
+    on_canvas = model.postprocess(expected, canvas_frame)
+    count = int(on_canvas["num_detections"][0])
+    out = model.detect(crop)
+    assert count > 0 and len(out["scores"]) == count
+    boxes = np.asarray(on_canvas["boxes"][0, :count]) * to_original
+    np.testing.assert_allclose(out["boxes"], np.minimum(boxes, [width, height, width, height]), atol=1e-3)
+    np.testing.assert_allclose(out["scores"], np.asarray(on_canvas["scores"][0, :count]), atol=1e-5)
+    np.testing.assert_array_equal(out["labels"], np.asarray(on_canvas["labels"][0, :count]))
 
 
 # automl README table: #params of D1-D7 (D0: 3.9M is checked in docs/models/efficientdet.md).

@@ -14,9 +14,9 @@ way round for kdet detections scoring >= 0.31.
   swapRB=True, crop=False)`` of the float32 image. (Of the uint8 image, OpenCV rounds the
   resized pixels to integers before scaling; that alone moves the sheep of person.jpg from
   0.7885 to 0.7743, past the 0.01 bar, while kdet resizes in float as Darknet does.)
-* ``resize="letterbox"``: OpenCV gets Darknet's ``letterbox_image`` (NumPy port of
-  src/image.c) as an already 416 x 416 input; its boxes go back to the photo by Darknet's
-  ``correct_yolo_boxes``. kdet gets the photo itself. Skipped until ``YOLOV3`` takes ``resize=``.
+* ``resize="letterbox"`` (the entry's default, Darknet's own rule): OpenCV gets Darknet's
+  ``letterbox_image`` (NumPy port of src/image.c) as an already 416 x 416 input; its boxes go
+  back to the photo by Darknet's ``correct_yolo_boxes``. kdet gets the photo itself.
 """
 
 from __future__ import annotations
@@ -41,25 +41,6 @@ IMAGES = ("dog.jpg", "person.jpg")
 # What the official weights find on Darknet's sample photos with Darknet's letterbox (a sanity check of the
 # reference side; Darknet's own printout for dog.jpg: dog, car, truck, car, bicycle).
 LETTERBOX_CLASSES = {"dog.jpg": {"dog", "bicycle", "car", "truck"}, "person.jpg": {"person", "dog", "horse"}}
-
-
-def _yolov3_accepts_resize() -> bool:
-    """Whether ``kdet.models.YOLOV3`` takes ``resize=`` (the lead's resizing work, issue 15 point 1)."""
-    from kdet.models import YOLOV3
-
-    try:
-        YOLOV3(1, backbone="tiny", image_size=32, resize="letterbox")
-    except (TypeError, ValueError) as error:
-        text = str(error).lower()
-        if "resize" in text and ("unrecognized keyword" in text or "unexpected keyword" in text):
-            return False
-        # Any other refusal means `resize` exists: let the letterbox test run and show the error.
-    return True
-
-
-RESIZE_SUPPORTED = _yolov3_accepts_resize()
-needs_resize = pytest.mark.skipif(not RESIZE_SUPPORTED,
-                                  reason="kdet.models.YOLOV3 does not take resize= yet (issue 15 point 1)")
 
 
 def _cfg(shared_dir):
@@ -98,13 +79,14 @@ def _names(detections: dict, class_names) -> set[str]:
 
 @pytest.fixture(scope="module")
 def stretch_model(yolov3_tiny_weights):
-    kwargs = {"resize": "stretch"} if RESIZE_SUPPORTED else {}  # today's behaviour, before the setting exists
-    return kdet.load("yolov3_tiny_coco", weights=yolov3_tiny_weights, **kwargs)
+    return kdet.load("yolov3_tiny_coco", weights=yolov3_tiny_weights, resize="stretch")
 
 
 @pytest.fixture(scope="module")
 def letterbox_model(yolov3_tiny_weights):
-    return kdet.load("yolov3_tiny_coco", weights=yolov3_tiny_weights, resize="letterbox")
+    model = kdet.load("yolov3_tiny_coco", weights=yolov3_tiny_weights)  # the entry's default: Darknet's letterbox
+    assert model.config.resize == "letterbox"
+    return model
 
 
 @pytest.mark.parametrize("name", IMAGES)
@@ -118,7 +100,7 @@ def test_stretch_matches_opencv(shared_dir, yolov3_tiny_weights, stretch_model, 
 
 @pytest.mark.parametrize("name", IMAGES)
 def test_letterbox_reference_finds_the_sample_objects(shared_dir, yolov3_tiny_weights, stretch_model, name):
-    """The reference side alone (runs before kdet has letterboxing): Darknet's input and sensible detections."""
+    """The reference side alone: Darknet's input and sensible detections."""
     image = _read_rgb(shared_dir / "data" / "darknet" / name)
     height, width = image.shape[:2]
     boxed = helpers.darknet_letterbox(image, NET_SIZE, NET_SIZE)
@@ -132,7 +114,6 @@ def test_letterbox_reference_finds_the_sample_objects(shared_dir, yolov3_tiny_we
     assert np.all(reference["boxes"][:, 2:] <= [width, height]) and np.all(reference["boxes"] >= 0)
 
 
-@needs_resize
 @pytest.mark.parametrize("name", IMAGES)
 def test_letterbox_matches_opencv(shared_dir, yolov3_tiny_weights, letterbox_model, name):
     image = _read_rgb(shared_dir / "data" / "darknet" / name)

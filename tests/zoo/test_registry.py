@@ -376,6 +376,21 @@ def test_keras_file_uses_the_model_class_classifier_layers(tmp_path):
     _assert_only_classifier_fresh(tuned, _weights_of(model))
 
 
+def test_keras_file_with_head_output_ids_changes_classes(tmp_path):
+    """A head keeping more outputs than labels (a converted 91-output COCO head): the new classes get their
+    own head, so ``head_output_ids`` is dropped with the old class names."""
+    from kdet.models import RetinaNet
+
+    model = RetinaNet(2, backbone="tiny", image_size=64, head_output_ids=(3, 1), class_names=("a", "b"))
+    assert model.head_classes == 4
+    model.save(tmp_path / "m.keras")
+    tuned = kdet.load(tmp_path / "m.keras", num_classes=5)
+    assert tuned.config.head_output_ids is None and tuned.class_names is None and tuned.head_classes == 5
+    assert tuned.network.get_layer("cls_pred").get_weights()[1].shape == (5 * 9,)
+    copied = model.backbone.get_weights()[0]
+    np.testing.assert_array_equal(tuned.backbone.get_weights()[0], copied)
+
+
 # One entry per architecture family (the EfficientDet variants share the class net's layer names).
 _CLASSIFIER_FAMILIES = ("yolov3_darknet53_coco", "yolov3_tiny_coco", "efficientdet_d0_coco",
                         "retinanet_resnet50_fpn_coco", "ssd300_vgg16_coco", "fasterrcnn_resnet50_fpn_coco")
