@@ -17,7 +17,7 @@ rules (API.md, "Resizing"), inside the graph so exported models serve it:
   float32, size ``int(h * scale)``, TF1 bilinear (``tf.compat.v1.image.resize``),
   top-left, zero padding after normalisation; boxes back by ``1 / scale``.
 * ``"min_max"``: torchvision's ``GeneralizedRCNNTransform``: scale
-  ``min(min_size / short side, max_size / long side)`` in float32, size
+  ``min(min_size / short side, max_size / long side)`` in double, size
   ``floor(side * scale)`` (``interpolate(recompute_scale_factor=True)``),
   bilinear, then padded bottom/right with zeros (after normalisation) to a
   multiple of ``size_divisible``. The canvas then depends on the input size.
@@ -51,11 +51,6 @@ INTERPOLATIONS = ("bilinear", "bilinear_align_corners", "bilinear_legacy", "near
 # tf.compat.v1.image.resize (TF1's ResizeBilinear: no half-pixel centres); torchvision / OpenCV use
 # half-pixel centres (tf.image.resize).
 DEFAULT_INTERPOLATION = {"letterbox": "bilinear_align_corners", "pad": "bilinear_legacy"}
-
-
-def _torch_rdiv(numerator: float, denominator: float) -> np.float32:
-    """``numerator / tensor(denominator)`` as PyTorch computes it in float32: ``reciprocal * numerator``."""
-    return np.float32(numerator) * (np.float32(1.0) / np.float32(denominator))
 
 
 def _ceil_to(value: int, multiple: int) -> int:
@@ -152,10 +147,11 @@ class ImagePreprocessing(keras.layers.Layer):
             s = min(np.float32(ch) / np.float32(height), np.float32(cw) / np.float32(width))
             rh, rw = max(int(np.float32(height) * s), 1), max(int(np.float32(width) * s), 1)
             return {"resized": (rh, rw), "scale": (float(s), float(s)), "offset": (0, 0), "canvas": (ch, cw)}
-        # min_max: torchvision computes ``size / side`` on float32 tensors, which PyTorch does as
-        # ``reciprocal(side) * size`` (Tensor.__rtruediv__), then floors ``side * scale`` in double.
-        s = min(_torch_rdiv(self.min_size, min(height, width)), _torch_rdiv(self.max_size, max(height, width)))
-        rh, rw = max(int(math.floor(height * float(s))), 1), max(int(math.floor(width * float(s))), 1)
+        # min_max: torchvision 0.28's GeneralizedRCNNTransform (eager) takes ``image.shape`` as Python ints, so
+        # ``scale = min(min_size / short, max_size / long)`` is a double, and F.interpolate(recompute_scale_factor
+        # =True) floors ``side * scale`` in double: 561 px -> 800 (float32 arithmetic would give 799).
+        s = min(self.min_size / min(height, width), self.max_size / max(height, width))
+        rh, rw = max(int(math.floor(height * s)), 1), max(int(math.floor(width * s)), 1)
         canvas = (_ceil_to(rh, self.size_divisible), _ceil_to(rw, self.size_divisible))
         return {"resized": (rh, rw), "scale": (rh / height, rw / width), "offset": (0, 0), "canvas": canvas}
 
@@ -170,13 +166,11 @@ class ImagePreprocessing(keras.layers.Layer):
         if self.resize == "none":
             return (int(height), int(width))
         # min_max: the largest resized size any h <= height, w <= width can reach.
-        hs = np.arange(1, int(height) + 1, dtype=np.float32)[:, None]
-        ws = np.arange(1, int(width) + 1, dtype=np.float32)[None, :]
-        one = np.float32(1.0)
-        s = np.minimum(np.float32(self.min_size) * (one / np.minimum(hs, ws)),
-                       np.float32(self.max_size) * (one / np.maximum(hs, ws)))
-        rh = np.floor(hs.astype(np.float64) * s.astype(np.float64)).max()
-        rw = np.floor(ws.astype(np.float64) * s.astype(np.float64)).max()
+        hs = np.arange(1, int(height) + 1, dtype=np.float64)[:, None]
+        ws = np.arange(1, int(width) + 1, dtype=np.float64)[None, :]
+        s = np.minimum(self.min_size / np.minimum(hs, ws), self.max_size / np.maximum(hs, ws))
+        rh = np.floor(hs * s).max()
+        rw = np.floor(ws * s).max()
         return (_ceil_to(int(rh), self.size_divisible), _ceil_to(int(rw), self.size_divisible))
 
     # ----------------------------------------------------------- frames
@@ -250,8 +244,9 @@ class ImagePreprocessing(keras.layers.Layer):
             s = tf.minimum(ch / h, cw / w)
             resized = tf.maximum(tf.floor(tf.stack([h * s, w * s], axis=1)), 1.0)
             return tf.stack([s, s], axis=1), tf.zeros_like(sizes), resized
-        s = tf.minimum(float(self.min_size) * (1.0 / tf.minimum(h, w)), float(self.max_size) * (1.0 / tf.maximum(h, w)))
-        resized = tf.cast(tf.floor(tf.cast(sizes, tf.float64) * tf.cast(s, tf.float64)[:, None]), tf.float32)
+        h64, w64 = tf.cast(h, tf.float64), tf.cast(w, tf.float64)  # in double, as torchvision (see geometry)
+        s = tf.minimum(float(self.min_size) / tf.minimum(h64, w64), float(self.max_size) / tf.maximum(h64, w64))
+        resized = tf.cast(tf.floor(tf.cast(sizes, tf.float64) * s[:, None]), tf.float32)
         resized = tf.maximum(resized, 1.0)
         return resized / sizes, tf.zeros_like(sizes), resized
 

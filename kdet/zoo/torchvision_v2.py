@@ -233,10 +233,10 @@ load_faster_rcnn_mobilenet_pth = _from_pth(convert_faster_rcnn_mobilenet)
 
 
 # --------------------------------------------------------------------------- SSDLite
-# torchvision ssdlite320_mobilenet_v3_large inference: score 0.001, NMS 0.55, 300 detections; its 300
-# candidates per class are approximated by NMS over every default box (see ``torchvision_ssdlite``).
+# torchvision ssdlite320_mobilenet_v3_large inference (ssdlite.py defaults, SSD.postprocess_detections):
+# score 0.001, each class's 300 best default boxes, class-aware NMS 0.55, 300 detections.
 SSDLITE_INFERENCE = dict(image_size=320, score_threshold=0.001, nms_iou_threshold=0.55, max_detections=300,
-                         pre_nms_top_k=None, box_variances=(0.1, 0.1, 0.2, 0.2))
+                         pre_nms_top_k=None, candidates_per_class=300, box_variances=(0.1, 0.1, 0.2, 0.2))
 SSDLITE_LEVELS = 6
 SSDLITE_EXTRAS = 4
 
@@ -248,7 +248,7 @@ def torchvision_ssdlite(num_classes: int = 80, **options):
     boxes of ``DefaultBoxGenerator([[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95)``
     (clipped, spaced by 320 / feature size), images stretched to 320 x 320 and
     mapped to [-1, 1], box weights (10, 10, 5, 5); inference: score 0.001,
-    class-aware NMS 0.55 over every default box, 300 detections. With 80
+    each class's 300 best boxes, class-aware NMS 0.55, 300 detections. With 80
     classes the head keeps torchvision's 91 outputs (``head_output_ids``).
     """
     from kdet.models.ssd import SSD

@@ -16,6 +16,7 @@ import dataclasses
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from kdet.backbones.factory import build_backbone, canonical_name, default_normalization
 from kdet.config import SCRATCH_RECIPE, TrainingRecipe, keras_field
@@ -69,6 +70,9 @@ class SSDConfig(SingleStageConfig):
             None: the preset's.
         reduced_tail: MobileNetV3's last stage at half width (None: the
             preset's, True for torchvision's SSDLite); MobileNetV3 only.
+        candidates_per_class: before NMS, each class keeps only its best
+            this many default boxes (torchvision's ``topk_candidates``: 400 in
+            SSD300, 300 in SSDLite); None keeps every box above the score threshold.
         negative_threshold: default boxes below this IoU are background
             (None: ``positive_threshold``, the paper's single threshold).
     """
@@ -85,6 +89,7 @@ class SSDConfig(SingleStageConfig):
     head_width: int = 64
     head_block: str | None = None
     reduced_tail: bool | None = None
+    candidates_per_class: int | None = None
     box_variances: tuple[float, ...] = SSD_VARIANCES
     negative_threshold: float | None = None
     allow_low_quality_matches: bool = False
@@ -126,6 +131,8 @@ class SSDConfig(SingleStageConfig):
         check_positive_int("head_width", self.head_width)
         self._set("extras", tuple(tuple(int(v) for v in e) for e in self.extras))
         self._set("aspect_ratios", tuple(tuple(float(a) for a in level) for level in self.aspect_ratios))
+        if self.candidates_per_class is not None:
+            check_positive_int("candidates_per_class", self.candidates_per_class)
         if self.head_block not in HEAD_BLOCKS:
             raise ValueError(f"head_block must be one of {HEAD_BLOCKS}; received {self.head_block!r}.")
         if self.reduced_tail is not None and canonical_name(self.backbone) != "mobilenet_v3_large":
@@ -211,6 +218,15 @@ class SSD(SingleStageDetector):
 
     def network_feature_shapes(self):
         return self.feature_shapes
+
+    def class_scores(self, cls_logits):
+        """Per-class probabilities; with ``candidates_per_class`` each class's scores below its k-th best are 0."""
+        scores = super().class_scores(cls_logits)
+        k = self.config.candidates_per_class
+        if k is None or k >= scores.shape[1]:
+            return scores
+        kth = tf.math.top_k(tf.transpose(scores, [0, 2, 1]), k=k).values[..., -1]  # (B, C)
+        return tf.where(scores >= kth[:, None, :], scores, 0.0)
 
     def default_box_loss(self):
         """Smooth L1 with beta 1 on the deltas (Liu et al. 2016, eq. (2))."""
