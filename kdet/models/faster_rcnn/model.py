@@ -66,7 +66,8 @@ BACKBONE_OPTIONS = {"mobilenet_v3_large": {"bn_epsilon": 1e-5}}
 TINY = dict(image_size=128, fpn_width=64, representation_size=256, anchor_sizes=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0),
             canonical_scale=0.28, rpn_pre_nms_top_k_train=300, rpn_pre_nms_top_k_test=150,
             rpn_post_nms_top_k_train=300, rpn_post_nms_top_k_test=100, rpn_batch_size_per_image=256,
-            roi_batch_size_per_image=128, roi_sampling_ratio=1, relative_sizes=True)
+            roi_batch_size_per_image=128, roi_sampling_ratio=1, relative_sizes=True, fpn_inputs=PYRAMID_INPUTS,
+            rpn_score_threshold=0.0)
 # Ren et al. 2015 / Detectron: SGD 0.02 at 16 images, weight decay 1e-4, warm-up.
 FASTER_RCNN_RECIPE = TrainingRecipe("sgd", 0.02, 16, 1e-4, 0.9, 500,
                                     "Ren et al. 2015 / Detectron: SGD 0.02 at 16 images, wd 1e-4, warm-up")
