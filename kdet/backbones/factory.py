@@ -22,6 +22,7 @@ import keras
 from kdet.backbones.darknet import darknet53, darknet_tiny
 from kdet.backbones.efficientnet import EFFICIENTNET_BUILDERS, efficientnet_backbone
 from kdet.backbones.mobilenet import mobilenet_v2
+from kdet.backbones.mobilenet_v3 import mobilenet_v3_large
 from kdet.backbones.resnet import resnet_backbone
 from kdet.backbones.tiny import tiny_backbone
 from kdet.backbones.vgg import vgg16_ssd
@@ -45,6 +46,9 @@ def _registry() -> dict[str, tuple[Callable, dict]]:
         "resnet101": (lambda size, **kw: resnet_backbone(101, size, **kw), IMAGENET),
         "vgg16": (lambda size, **kw: vgg16_ssd(size, **kw), CAFFE_VGG),
         "mobilenet_v2": (lambda size, **kw: mobilenet_v2(size, **kw), MINUS_ONE_ONE),
+        # torchvision's MobileNetV3 (ImageNet mean / std, as its classifier and Faster R-CNN; SSDLite
+        # overrides it with [-1, 1] in the SSD presets).
+        "mobilenet_v3_large": (lambda size, **kw: mobilenet_v3_large(size, **kw), IMAGENET),
         "darknet53": (lambda size, **kw: darknet53(size, **kw), UNIT),
         "darknet_tiny": (lambda size, **kw: darknet_tiny(size, **kw), UNIT),
     }

@@ -7,6 +7,10 @@ from typing import Sequence
 
 import keras
 
+# torchvision's v2 heads: nn.GroupNorm(32, channels), eps 1e-5 (PyTorch's default; Keras' is 1e-3).
+GROUPS = 32
+GROUP_NORM_EPSILON = 1e-5
+
 
 def prior_bias(prior_probability: float) -> float:
     """Bias so that sigmoid(bias) = prior (Lin et al. 2017, section 4.1, 'Initialization')."""
@@ -27,7 +31,11 @@ def dense_head(features: Sequence, num_anchors: int, num_outputs: int, depth: in
         shared: share the tower and predictor weights across levels (RetinaNet);
             False gives each level its own (SSD).
         separable: depthwise-separable convs (EfficientDet).
-        norm: None, "batch" (one BatchNorm per level, EfficientDet) or "group".
+        norm: None, "batch" (one BatchNorm per level, EfficientDet) or "group"
+            (GroupNorm(32) after each bias-free conv: with ``shared``, one
+            GroupNorm per conv applied to every level, torchvision's
+            ``RetinaNetHead(norm_layer=GroupNorm)`` of the v2 checkpoints;
+            layers ``{name}_gn{i}``).
         final_bias: bias init of the predictor (use :func:`prior_bias` for classes).
         kernel_std: std of the normal init of the convs (RetinaNet uses 0.01);
             None for fan-in variance scaling (EfficientDet).
@@ -44,24 +52,31 @@ def dense_head(features: Sequence, num_anchors: int, num_outputs: int, depth: in
         {"depthwise_initializer": init, "pointwise_initializer": init} if separable else {"kernel_initializer": init}
     )
 
+    if norm not in (None, "batch", "group"):
+        raise ValueError(f"norm must be None, 'batch' or 'group'; received {norm!r}.")
+
     def make_tower(suffix):
-        convs = [conv_cls(width, 3, padding="same", name=f"{name}_conv{i}{suffix}", **conv_kwargs)
-                 for i in range(depth)]
+        # torchvision's Conv2dNormActivation drops the conv bias in front of a GroupNorm.
+        convs = [conv_cls(width, 3, padding="same", use_bias=norm != "group", name=f"{name}_conv{i}{suffix}",
+                          **conv_kwargs) for i in range(depth)]
         predictor = conv_cls(num_anchors * num_outputs, 3, padding="same", name=f"{name}_pred{suffix}",
                              bias_initializer=keras.initializers.Constant(final_bias), **conv_kwargs)
-        return convs, predictor
+        # GroupNorm normalises each level's map on its own, so one layer serves every level.
+        norms = [keras.layers.GroupNormalization(GROUPS, epsilon=GROUP_NORM_EPSILON, name=f"{name}_gn{i}{suffix}")
+                 for i in range(depth)] if norm == "group" else None
+        return convs, predictor, norms
 
     shared_tower = make_tower("") if shared else None
     outputs = []
     for level, x in enumerate(features):
-        convs, predictor = shared_tower if shared else make_tower(f"_l{level}")
+        convs, predictor, group_norms = shared_tower if shared else make_tower(f"_l{level}")
         for i, conv in enumerate(convs):
             x = conv(x)
             if norm == "batch":
                 x = keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon,
                                                     name=f"{name}_bn{i}_l{level}")(x)
             elif norm == "group":
-                x = keras.layers.GroupNormalization(32, name=f"{name}_gn{i}_l{level}")(x)
+                x = group_norms[i](x)
             x = keras.layers.Activation(activation, name=f"{name}_act{i}_l{level}")(x)
         x = predictor(x)
         outputs.append(keras.layers.Reshape((-1, num_outputs), name=f"{name}_flat_l{level}")(x))

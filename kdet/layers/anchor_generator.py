@@ -15,7 +15,9 @@ between upstream checkpoints are parameters:
   "scale_major" (automl: for each scale, each ratio).
 * ``stride_from_grid``: torchvision spaces a level's anchors by
   ``image_size // feature_size`` (e.g. 106 px, not 128, for P7 of a 320-px
-  image whose P7 map is 3x3); off, the nominal ``strides`` are used.
+  image whose P7 map is 3x3); ``"exact"`` by ``image_size / feature_size``
+  (106.67 px: SSD default boxes without explicit steps, Caffe's ``PriorBox``
+  and torchvision's ``DefaultBoxGenerator``); off, the nominal ``strides``.
 
 For SSD default boxes and YOLO anchor sets, pass explicit per-level
 ``(width, height)`` lists through ``anchor_shapes`` (see :func:`ssd_anchor_shapes`
@@ -83,7 +85,7 @@ class AnchorGenerator(keras.layers.Layer):
     """Generates anchors for a feature pyramid, in xyxy pixels of the model input.
 
     Args:
-        strides: stride of each level in pixels, e.g. (8, 16, 32, 64, 128).
+        strides: stride of each level in pixels, e.g. (8, 16, 32, 64, 128) (numbers; SSD steps may be fractional).
         sizes: base size of each level (ignored when ``anchor_shapes`` is given).
         scales: scale multipliers applied to every level's size.
         aspect_ratios: height / width ratios.
@@ -93,7 +95,8 @@ class AnchorGenerator(keras.layers.Layer):
         anchor_shapes: optional explicit per-level lists of (width, height)
             (SSD default boxes, YOLO anchors); overrides sizes/scales/ratios.
         stride_from_grid: space anchors by ``input // feature size`` per axis
-            (torchvision) instead of the nominal strides.
+            (True, torchvision's AnchorGenerator) or ``input / feature size``
+            ("exact", SSD default boxes) instead of the nominal strides.
 
     Call:
         ``layer(images)`` with images (B, H, W, C) -> anchors (A, 4) float32,
@@ -111,11 +114,12 @@ class AnchorGenerator(keras.layers.Layer):
                  aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS, offset: float = 0.5,
                  round_base_anchors: bool = False, order: str = "ratio_major",
                  anchor_shapes: Sequence[Sequence[Sequence[float]]] | None = None,
-                 stride_from_grid: bool = False, **kwargs):
+                 stride_from_grid: bool | str = False, **kwargs):
         super().__init__(**kwargs)
-        self.strides = [int(s) for s in strides]
+        # Integers stay integers; SSD steps may be fractional (e.g. 320 / 3).
+        self.strides = [int(s) if float(s) == int(s) else float(s) for s in strides]
         if not self.strides or min(self.strides) <= 0:
-            raise ValueError(f"strides must be positive integers; received {strides}.")
+            raise ValueError(f"strides must be positive numbers; received {strides}.")
         if order not in ("ratio_major", "scale_major"):
             raise ValueError(f"order must be 'ratio_major' or 'scale_major'; received {order!r}.")
         self.sizes = [float(s) for s in sizes]
@@ -124,7 +128,9 @@ class AnchorGenerator(keras.layers.Layer):
         self.offset = float(offset)
         self.round_base_anchors = bool(round_base_anchors)
         self.order = order
-        self.stride_from_grid = bool(stride_from_grid)
+        if stride_from_grid not in (False, True, "exact"):
+            raise ValueError(f"stride_from_grid must be False, True or 'exact'; received {stride_from_grid!r}.")
+        self.stride_from_grid = stride_from_grid
         self.anchor_shapes = (
             None if anchor_shapes is None else [[(float(w), float(h)) for w, h in lvl] for lvl in anchor_shapes]
         )
@@ -173,7 +179,10 @@ class AnchorGenerator(keras.layers.Layer):
 
     def _level(self, level, fh, fw, height=None, width=None):
         stride_y = stride_x = float(self.strides[level])
-        if self.stride_from_grid:
+        if self.stride_from_grid == "exact":
+            stride_y = tf.cast(height, tf.float32) / tf.cast(fh, tf.float32)
+            stride_x = tf.cast(width, tf.float32) / tf.cast(fw, tf.float32)
+        elif self.stride_from_grid:
             stride_y = tf.cast(height // fh, tf.float32)
             stride_x = tf.cast(width // fw, tf.float32)
         xs = (tf.cast(tf.range(fw), tf.float32) + self.offset) * stride_x

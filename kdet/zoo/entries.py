@@ -190,3 +190,49 @@ for _name, _builder, _kwargs, _size, _description in _ARCHITECTURES:
         name=_name, builder=_builder, builder_kwargs=_kwargs, input_size=_size,
         description=_description + ", architecture only", license=_KDET_LICENSE,
     ))
+
+# --- torchvision v2 and mobile checkpoints (kdet/zoo/torchvision_v2.py) ------
+# Options of the existing builders with torchvision's settings; each entry keeps its upstream's resize rule
+# ("min_max" 800 / 1333 for the R-CNN / RetinaNet family, a 320 x 320 stretch for SSDLite). Sigmoid heads
+# (RetinaNet) hold kdet's 80 labels; softmax heads keep torchvision's 91 outputs and read the 80 labels
+# through head_output_ids (the COCO ids), so their scores are torchvision's. Reported numbers: torchvision's
+# model documentation, Object Detection table, <enum>.COCO_V1 (COCO val2017 box AP).
+_SSDLITE_CLASSIFIER = tuple(f"ssd_cls_l{level}" for level in range(6))  # SSDLite: 6 feature maps
+_TORCHVISION_V2 = "kdet.zoo.torchvision_v2:{}"
+_TORCHVISION_V2_MODELS = (  # name, file, builder, converter, input size, weights enum, AP, classifier, text
+    ("retinanet_resnet50_fpn_v2_coco", "retinanet_resnet50_fpn_v2_coco-5905b1c5.pth", "torchvision_retinanet_v2",
+     "load_retinanet_v2_pth", None, "RetinaNet_ResNet50_FPN_V2_Weights", 41.5, _RETINA_CLASSIFIER,
+     "RetinaNet v2, ResNet-50 FPN (GroupNorm heads, P6 from C5, GIoU)"),
+    ("fasterrcnn_resnet50_fpn_v2_coco", "fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
+     "torchvision_faster_rcnn_v2", "load_faster_rcnn_v2_pth", None, "FasterRCNN_ResNet50_FPN_V2_Weights", 46.7,
+     ("roi_heads_box_predictor_cls_score", "roi_heads_box_predictor_bbox_pred"),
+     "Faster R-CNN v2, ResNet-50 FPN (BatchNorm FPN, 2-conv RPN, 4conv1fc head)"),
+    ("fasterrcnn_mobilenet_v3_large_fpn_coco", "fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth",
+     "torchvision_faster_rcnn_mobilenet", "load_faster_rcnn_mobilenet_pth", None,
+     "FasterRCNN_MobileNet_V3_Large_FPN_Weights", 32.8, _FASTER_RCNN_CLASSIFIER,
+     "Faster R-CNN, MobileNetV3-Large FPN"),
+    ("ssdlite320_mobilenet_v3_large_coco", "ssdlite320_mobilenet_v3_large_coco-a79551df.pth", "torchvision_ssdlite",
+     "load_ssdlite_pth", (320, 320), "SSDLite320_MobileNet_V3_Large_Weights", 21.3, _SSDLITE_CLASSIFIER,
+     "SSDLite320, MobileNetV3-Large"),
+)
+
+for _name, _file, _builder, _converter, _size, _enum, _ap, _classifier, _text in _TORCHVISION_V2_MODELS:
+    register(ModelEntry(
+        name=_name,
+        builder=_TORCHVISION_V2.format(_builder),
+        builder_kwargs={"num_classes": 80},
+        description=f"{_text}, torchvision COCO checkpoint (numerically equivalent port)",
+        input_size=_size,  # None: any size, resized inside the model by torchvision's min_max rule
+        class_names=COCO,
+        weights=WeightsSource(
+            url=_TORCHVISION_URL.format(_file),
+            sha256=None,  # not published upstream: recorded after the first download
+            sha256_prefix=_file.rsplit("-", 1)[1].split(".")[0],
+            converter=_TORCHVISION_V2.format(_converter),
+            classifier=_classifier,
+        ),
+        license=_TORCHVISION_LICENSE,
+        metrics={"coco_box_AP": _ap},
+        metrics_source=_TORCHVISION_SOURCE.format(_enum),
+        model_card=f"zoo/{_name}.md",
+    ))

@@ -33,7 +33,7 @@ def images():
 def test_retinanet(images, tmp_path):
     fixed = dict(COMMON, **ANCHOR_CHAIN, backbone="tiny", image_size=(64, 96), resize="letterbox", min_level=4,
                  max_level=6, fpn_width=32, head_depth=1, anchor_scale=3.0, num_scales=2, aspect_ratios=(1.0, 2.0),
-                 top_k_per_level=False, extra_from="input", head_norm="group")
+                 top_k_per_level=False, extra_from="input", head_norm="group", box_loss_type="giou")
     follow = dict(COMMON, **ANCHOR_CHAIN, **MIN_MAX, backbone="tiny",
                   anchor_generator=pyramid_anchor_generator(3, 7, 2.0, 2, (0.5, 1.0), offset=0.0))
     check_round_trip(RetinaNet, [fixed, follow], images, tmp_path)
@@ -55,8 +55,11 @@ def test_ssd(images, tmp_path):
                     size_divisible=64, min_scale=0.25, max_scale=0.8, anchor_scales=(0.1, 0.25, 0.4, 0.55, 0.7, 0.95),
                     aspect_ratios=((2.0,), (2.0,), (2.0, 3.0), (2.0,), (2.0,)), steps=(8, 16, 32, 48, 96),
                     clip_default_boxes=False, extras=((32, 64, 3, 2, 1), (32, 64, 3, 2, 1)), head_depth=1,
-                    head_width=32, top_k_per_level=True)
-    check_round_trip(SSD, [settings], images, tmp_path, not_applicable={
+                    head_width=32, top_k_per_level=True, head_block="separable", candidates_per_class=40)
+    # SSDLite on MobileNetV3-Large (the full tail here: its preset halves it), default boxes without steps.
+    lite = dict(COMMON, backbone="mobilenet_v3_large", image_size=(96, 128), reduced_tail=False,
+                head_block="depthwise_bn", candidates_per_class=60)
+    check_round_trip(SSD, [settings, lite], images, tmp_path, not_applicable={
         "min_size": "SSD predicts on a fixed canvas", "max_size": "SSD predicts on a fixed canvas"})
 
 
@@ -81,8 +84,10 @@ def test_faster_rcnn(images, tmp_path):
                  roi_sampling_ratio=1, roi_aligned=True, roi_clamp_outside=True, min_box_size=0.5,
                  box_head_ranks=(16, 8), seed=7, head_output_ids=(2, 4), relative_sizes=True)
     fixed = dict(COMMON, **chain, backbone="tiny", image_size=(64, 96), resize="stretch", roi_pooling="pool")
-    follow = dict(COMMON, **MIN_MAX, backbone="tiny", relative_sizes=False, anchor_sizes=(8, 16, 32, 64, 96),
-                  canonical_scale=40.0)
+    # torchvision's v2 options, the FPN on three backbone levels with two anchor sizes on each RPN level.
+    follow = dict(COMMON, **MIN_MAX, backbone="tiny", relative_sizes=False, fpn_inputs=("P3", "P4", "P5"),
+                  anchor_sizes=((8, 12), (16, 24), (32, 48), (64, 96)), canonical_scale=40.0, fpn_norm="batch",
+                  rpn_head_depth=2, rpn_score_threshold=0.01, box_head="4conv1fc")
     check_round_trip(FasterRCNN, [fixed, follow], images, tmp_path)
 
 

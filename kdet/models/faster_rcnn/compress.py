@@ -50,6 +50,9 @@ def compress_box_head(model, rank):
 
     if not isinstance(model, FasterRCNN):
         raise ValueError(f"compress_box_head needs a FasterRCNN; received {type(model).__name__}.")
+    if model.config.box_head != "2fc":
+        raise ValueError(f"compress_box_head factorises the two fc layers of box_head='2fc'; this model has "
+                         f"box_head={model.config.box_head!r}.")
     ranks = _ranks(rank)
     for name, r in zip(FC_LAYERS, ranks):
         kernel, _ = _dense_weights(model.box_head, name)

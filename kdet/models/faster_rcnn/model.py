@@ -28,38 +28,46 @@ from kdet.backbones.factory import build_backbone, canonical_name, default_norma
 from kdet.config import SCRATCH_RECIPE, NMSConfig, TrainingRecipe, keras_field
 from kdet.detector import Detector
 from kdet.heads.roi_box import REPRESENTATION_SIZE, roi_box_head
-from kdet.heads.rpn import rpn_head
-from kdet.layers.anchor_generator import AnchorGenerator
 from kdet.layers.image_preprocessing import boxes_to_network
 from kdet.layers.roi_align import MultiLevelRoIAlign
+from kdet.models.faster_rcnn.network import build_network, pyramid_keys, roi_levels, rpn_anchors, sizes_of_level
 from kdet.models.faster_rcnn.proposals import generate_proposals
 from kdet.models.single_stage import clip_to_valid
-from kdet.necks.fpn import fpn
 from kdet.ops.box_coder import decode_deltas
 from kdet.ops.boxes import convert_format
 from kdet.ops.nms import combined_nms
 from kdet.targets.samplers import ROI_BOX_VARIANCES, RoITargetSampler, RPNTargetSampler
-from kdet.validation import check_image_size, check_positive_int
+from kdet.validation import check_image_size, check_positive_int, check_probability
 
 # torchvision fasterrcnn_resnet50_fpn: anchor sizes 32..512 on P2..P6 at ~800 px, ratios 0.5/1/2.
 RESNET_ANCHOR_SIZES = (32, 64, 128, 256, 512)
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
-# Nominal strides of P2..P6 (torchvision spaces anchors by image // feature size per axis).
-LEVEL_STRIDES = (4, 8, 16, 32, 64)
-BACKBONES = ("resnet50", "resnet101", "tiny")
+BACKBONES = ("resnet50", "resnet101", "mobilenet_v3_large", "tiny")
+BOX_HEADS = {"2fc": 0, "4conv1fc": 4}  # box head -> its 3x3 convs (Wu & He 2018's 4conv1fc)
+FPN_NORMS = (None, "batch")
+PYRAMID_INPUTS = ("P2", "P3", "P4", "P5")
 
 # Full-size settings: torchvision's fasterrcnn_resnet50_fpn defaults.
 FULL = dict(image_size=800, fpn_width=256, representation_size=REPRESENTATION_SIZE, anchor_sizes=RESNET_ANCHOR_SIZES,
             canonical_scale=224.0, rpn_pre_nms_top_k_train=2000, rpn_pre_nms_top_k_test=1000,
             rpn_post_nms_top_k_train=2000, rpn_post_nms_top_k_test=1000, rpn_batch_size_per_image=256,
-            roi_batch_size_per_image=512, roi_sampling_ratio=2, relative_sizes=False)
+            roi_batch_size_per_image=512, roi_sampling_ratio=2, relative_sizes=False, fpn_inputs=PYRAMID_INPUTS,
+            rpn_score_threshold=0.0)
+# torchvision fasterrcnn_mobilenet_v3_large_fpn: the FPN on the last two stages (block 12's output and
+# the last conv, both stride 32, ``_mobilenet_extractor(returned_layers=[4, 5])``) + max-pool; sizes
+# 32..512 at each of the 3 levels; RPN proposals scoring under 0.05 dropped (its rpn_score_thresh).
+MOBILENET = dict(FULL, fpn_inputs=("expanded_conv_12_project_bn", "conv_1_act"),
+                 anchor_sizes=(RESNET_ANCHOR_SIZES,) * 3, rpn_score_threshold=0.05)
+# torchvision builds its detection MobileNetV3 with FrozenBatchNorm2d (eps 1e-5).
+BACKBONE_OPTIONS = {"mobilenet_v3_large": {"bn_epsilon": 1e-5}}
 # Tiny (backbone="tiny"): narrow, fewer proposals and RoIs; sizes relative to the image so
 # 128..256 px inputs keep the same anchor coverage (image/16 .. image on P2..P6) and the
 # level rule's canonical scale follows the image (224 at 800 px -> 0.28 * side).
 TINY = dict(image_size=128, fpn_width=64, representation_size=256, anchor_sizes=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0),
             canonical_scale=0.28, rpn_pre_nms_top_k_train=300, rpn_pre_nms_top_k_test=150,
             rpn_post_nms_top_k_train=300, rpn_post_nms_top_k_test=100, rpn_batch_size_per_image=256,
-            roi_batch_size_per_image=128, roi_sampling_ratio=1, relative_sizes=True)
+            roi_batch_size_per_image=128, roi_sampling_ratio=1, relative_sizes=True, fpn_inputs=PYRAMID_INPUTS,
+            rpn_score_threshold=0.0)
 # Ren et al. 2015 / Detectron: SGD 0.02 at 16 images, weight decay 1e-4, warm-up.
 FASTER_RCNN_RECIPE = TrainingRecipe("sgd", 0.02, 16, 1e-4, 0.9, 500,
                                     "Ren et al. 2015 / Detectron: SGD 0.02 at 16 images, wd 1e-4, warm-up")
@@ -73,8 +81,9 @@ class FasterRCNNConfig(NMSConfig):
         backbone: "resnet50" (alias "resnet50_fpn"), "resnet101", "tiny" or a
             ``keras.Model`` returning {"P2".."P5"} (then raw pixels / 255 go in).
         fpn_width, representation_size: FPN channels (256) and fc6/fc7 units (1024).
-        anchor_sizes: one per level P2..P6 (32..512 px); fractions of the
-            canvas's short side when ``relative_sizes`` (tiny).
+        anchor_sizes: per RPN level a size or a tuple of sizes (32..512 px
+            on P2..P6; MobileNetV3: all five on each of its 3 levels); fractions
+            of the canvas's short side when ``relative_sizes`` (tiny).
         aspect_ratios: height / width of the anchors (0.5, 1, 2).
         rpn_pre_nms_top_k_train/test: candidates per level before NMS (2000 / 1000).
         rpn_post_nms_top_k_train/test: proposals per image after NMS (2000 / 1000).
@@ -94,6 +103,15 @@ class FasterRCNNConfig(NMSConfig):
         head_output_ids: the box head's output index of each kdet label
             (background is output 0; torchvision's COCO ids); None: label k is output k + 1.
         relative_sizes: anchor sizes and canonical scale as fractions of the short side.
+        fpn_inputs: backbone outputs or layer names the FPN reads, finest
+            first (None: the backbone's preset, "P2".."P5"; MobileNetV3-Large:
+            torchvision's last two stages); the RPN sees these plus one max-pooled level.
+        fpn_norm: None or "batch" (bias-free FPN convs + BatchNorm: torchvision's v2).
+        rpn_head_depth: 3x3 conv + ReLU layers of the RPN head (1; 2 in v2).
+        rpn_score_threshold: proposals whose objectness probability is below
+            this are dropped (None: the preset, 0 or MobileNetV3's 0.05).
+        box_head: "2fc" (fc6, fc7: torchvision's TwoMLPHead) or "4conv1fc"
+            (four 3x3 conv + BatchNorm + ReLU, one fc: its v2 FastRCNNConvFCHead).
     """
 
     aliases = {"box_score_threshold": "score_threshold", "box_nms_threshold": "nms_iou_threshold"}
@@ -129,6 +147,11 @@ class FasterRCNNConfig(NMSConfig):
     seed: int | None = None
     head_output_ids: tuple[int, ...] | None = None
     relative_sizes: bool | None = None
+    fpn_inputs: tuple[str, ...] | None = None
+    fpn_norm: str | None = None
+    rpn_head_depth: int = 1
+    rpn_score_threshold: float | None = None
+    box_head: str = "2fc"
 
     def is_tiny(self) -> bool:
         return canonical_name(self.backbone) == "tiny"
@@ -141,7 +164,8 @@ class FasterRCNNConfig(NMSConfig):
                                  f"'resnet50_fpn', 'resnet101_fpn') or a keras.Model returning {{'P2', 'P3', 'P4', "
                                  f"'P5'}} features.")
             self._set("backbone", name)
-        for key, value in (TINY if self.is_tiny() else FULL).items():
+        preset = TINY if self.is_tiny() else MOBILENET if name == "mobilenet_v3_large" else FULL
+        for key, value in preset.items():
             if key == "image_size" and not self.fixed_canvas:
                 continue
             if getattr(self, key) is None:
@@ -157,8 +181,7 @@ class FasterRCNNConfig(NMSConfig):
         self._set("box_head_ranks", ranks)
         if self.fixed_canvas:
             check_image_size(self.image_size, multiple_of=32)
-        if len(self.anchor_sizes) != len(LEVEL_STRIDES):
-            raise ValueError(f"anchor_sizes needs one size per level P2..P6; received {self.anchor_sizes!r}.")
+        self._validate_pyramid()
         if self.head_output_ids is not None:
             ids = tuple(int(i) for i in self.head_output_ids)
             if len(ids) != self.num_classes or min(ids) < 1 or len(set(ids)) != len(ids):
@@ -166,20 +189,32 @@ class FasterRCNNConfig(NMSConfig):
                                  f"(0 is the background); received {len(ids)} values.")
             self._set("head_output_ids", ids)
 
+    def _validate_pyramid(self):
+        """FPN inputs, anchors per level, RPN / box heads."""
+        if not self.fpn_inputs or not all(isinstance(n, str) and n for n in self.fpn_inputs):
+            raise ValueError(f"fpn_inputs must name at least one backbone output or layer; received "
+                             f"{self.fpn_inputs!r}.")
+        levels = len(self.fpn_inputs) + 1
+        sizes = tuple(tuple(float(v) for v in s) if isinstance(s, (tuple, list)) else float(s)
+                      for s in self.anchor_sizes)
+        if len(sizes) != levels or len({len(sizes_of_level(sizes, i)) for i in range(levels)}) != 1:
+            raise ValueError(f"anchor_sizes needs one size (or one tuple of as many sizes) per RPN level: {levels} "
+                             f"for fpn_inputs {list(self.fpn_inputs)} + the max-pooled level; received "
+                             f"{self.anchor_sizes!r}.")
+        self._set("anchor_sizes", sizes)
+        if self.fpn_norm not in FPN_NORMS:
+            raise ValueError(f"fpn_norm must be one of {FPN_NORMS}; received {self.fpn_norm!r}.")
+        check_positive_int("rpn_head_depth", self.rpn_head_depth)
+        self._set("rpn_score_threshold", check_probability("rpn_score_threshold", self.rpn_score_threshold))
+        if self.box_head not in BOX_HEADS:
+            raise ValueError(f"box_head must be one of {sorted(BOX_HEADS)}; received {self.box_head!r}.")
+        if self.box_head != "2fc" and self.box_head_ranks[1] is not None:
+            raise ValueError(f"box_head={self.box_head!r} has one fc (fc6): box_head_ranks[1] must be None; "
+                             f"received {self.box_head_ranks!r}.")
 
-def build_network(backbone_model: keras.Model, size, fpn_width: int, num_anchors: int) -> keras.Model:
-    """Normalised images -> {"P2".."P6", "rpn_cls" (B, A), "rpn_box" (B, A, 4)}."""
-    outputs = backbone_model.output
-    if not isinstance(outputs, dict) or not all(f"P{lvl}" in outputs for lvl in (2, 3, 4, 5)):
-        got = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
-        raise ValueError(f"Faster R-CNN's backbone must return features P2..P5; received {got}.")
-    inputs = keras.Input((*size, 3), name="images")
-    feats = backbone_model(inputs)
-    pyramid = fpn({f"P{lvl}": feats[f"P{lvl}"] for lvl in (2, 3, 4, 5)}, min_level=2, max_level=5, width=fpn_width)
-    # torchvision's LastLevelMaxPool: P6 = max_pool2d(P5, kernel 1, stride 2).
-    pyramid["P6"] = keras.layers.MaxPooling2D(1, strides=2, name="fpn_pool_p6")(pyramid["P5"])
-    rpn = rpn_head([pyramid[f"P{lvl}"] for lvl in range(2, 7)], num_anchors)
-    return keras.Model(inputs, {**pyramid, **rpn}, name="network")
+    @property
+    def anchors_per_location(self) -> int:
+        return len(self.aspect_ratios) * len(sizes_of_level(self.anchor_sizes, 0))
 
 
 @keras.saving.register_keras_serializable(package="kdet")
@@ -225,14 +260,23 @@ class FasterRCNN(Detector):
 
     def assemble(self):
         cfg = self.config
-        backbone_model, _ = build_backbone(cfg.backbone, self.network_input_shape)
-        self.network = build_network(backbone_model, self.network_input_shape, cfg.fpn_width, len(cfg.aspect_ratios))
+        options = BACKBONE_OPTIONS.get(canonical_name(cfg.backbone), {})
+        backbone_model, _ = build_backbone(cfg.backbone, self.network_input_shape, **options)
+        self.network, strides = build_network(backbone_model, self.network_input_shape, cfg.fpn_inputs,
+                                              cfg.fpn_width, cfg.anchors_per_location, cfg.fpn_norm,
+                                              cfg.rpn_head_depth)
         self._set_untracked("_canvas_cache", {})
-        self.roi_pooler = MultiLevelRoIAlign(2, 5, cfg.roi_output_size, cfg.roi_sampling_ratio, cfg.roi_aligned,
-                                             cfg.roi_pooling, self.canonical_scale(), cfg.canonical_level,
-                                             clamp_outside=cfg.roi_clamp_outside, name="box_roi_pool")
+        self._set_untracked("pyramid_keys", pyramid_keys(cfg.fpn_inputs))
+        self._set_untracked("level_strides", strides)
+        k_min, k_max = roi_levels(strides)
+        self._set_untracked("roi_keys", self.pyramid_keys[:k_max - k_min + 1])
+        self.roi_pooler = MultiLevelRoIAlign(k_min, k_max, cfg.roi_output_size, cfg.roi_sampling_ratio,
+                                             cfg.roi_aligned, cfg.roi_pooling, self.canonical_scale(),
+                                             cfg.canonical_level, clamp_outside=cfg.roi_clamp_outside,
+                                             name="box_roi_pool")
         roi_shape = (cfg.roi_output_size, cfg.roi_output_size, cfg.fpn_width)
-        self.box_head = roi_box_head(roi_shape, self.head_classes - 1, cfg.representation_size, cfg.box_head_ranks)
+        self.box_head = roi_box_head(roi_shape, self.head_classes - 1, cfg.representation_size, cfg.box_head_ranks,
+                                     convs=BOX_HEADS[cfg.box_head], conv_width=cfg.fpn_width)
         self.seed_generator = keras.random.SeedGenerator(cfg.seed, name="sampler_seed")
         self.rpn_sampler = RPNTargetSampler(cfg.rpn_positive_iou, cfg.rpn_negative_iou,
                                             cfg.rpn_batch_size_per_image, cfg.rpn_positive_fraction,
@@ -257,15 +301,10 @@ class FasterRCNN(Detector):
         if canvas not in self._canvas_cache:
             cfg = self.config
             out = self.network.compute_output_shape((None, *canvas, 3))
-            shapes = [tuple(int(d) for d in out[f"P{lvl}"][1:3]) for lvl in range(2, 7)]
-            side = min(canvas)
-            sizes = [s * side if cfg.relative_sizes else s for s in cfg.anchor_sizes]
-            # torchvision spaces each level's anchors by canvas // feature size, per axis.
-            generator = AnchorGenerator(strides=LEVEL_STRIDES, sizes=sizes, scales=(1.0,),
-                                        aspect_ratios=cfg.aspect_ratios, offset=0.0, round_base_anchors=True,
-                                        stride_from_grid=True, name="anchor_generator")
-            anchors = generator.generate(*canvas, feature_shapes=shapes)
-            self._canvas_cache[canvas] = (anchors, [h * w * len(cfg.aspect_ratios) for h, w in shapes])
+            shapes = [tuple(int(d) for d in out[key][1:3]) for key in self.pyramid_keys]
+            scale = min(canvas) if cfg.relative_sizes else 1.0
+            anchors = rpn_anchors(canvas, shapes, self.level_strides, cfg.anchor_sizes, cfg.aspect_ratios, scale)
+            self._canvas_cache[canvas] = (anchors, [h * w * cfg.anchors_per_location for h, w in shapes])
         return self._canvas_cache[canvas]
 
     @property
@@ -317,7 +356,7 @@ class FasterRCNN(Detector):
 
     # ------------------------------------------------------------ forward
     def network_outputs(self, x, training=False):
-        """{"P2".."P6", "rpn_cls", "rpn_box"} at the network resolution."""
+        """{pyramid keys ("P2".."P6"), "rpn_cls", "rpn_box"} at the network resolution."""
         return dict(self.network(x, training=training))
 
     def propose(self, raw, frame, training: bool = False) -> dict:
@@ -328,12 +367,12 @@ class FasterRCNN(Detector):
         return generate_proposals(tf.stop_gradient(raw["rpn_cls"]), tf.stop_gradient(raw["rpn_box"]), anchors,
                                   level_sizes, frame["valid_hw"], getattr(cfg, f"rpn_pre_nms_top_k_{mode}"),
                                   getattr(cfg, f"rpn_post_nms_top_k_{mode}"), cfg.rpn_nms_threshold,
-                                  cfg.rpn_min_size)
+                                  cfg.rpn_min_size, cfg.rpn_score_threshold)
 
     def box_head_outputs(self, raw, boxes, training=False):
         """Box head on RoIs (B, R, 4) -> class logits (B, R, K), per-class deltas (B, R, K, 4); K = head_classes."""
         boxes = tf.stop_gradient(tf.cast(boxes, tf.float32))
-        pooled = self.roi_pooler([raw[f"P{lvl}"] for lvl in (2, 3, 4, 5)], boxes)
+        pooled = self.roi_pooler([raw[key] for key in self.roi_keys], boxes)
         batch, rois = tf.shape(boxes)[0], tf.shape(boxes)[1]
         flat = tf.reshape(pooled, tf.concat([[-1], tf.shape(pooled)[2:]], axis=0))
         out = self.box_head(flat, training=training)

@@ -14,6 +14,7 @@ import keras
 
 from kdet.backbones.factory import build_backbone, default_normalization
 from kdet.config import SCRATCH_RECIPE, TrainingRecipe
+from kdet.heads.dense import GROUPS
 from kdet.layers.anchor_generator import DEFAULT_ASPECT_RATIOS, RETINANET_SIZES, AnchorGenerator
 from kdet.models.retinanet.pyramid import (PyramidConfig, anchor_heads, config_anchor_generator,
                                            pyramid_levels)
@@ -28,6 +29,8 @@ TINY = {"image_size": 128, "fpn_width": 48, "head_depth": 2}
 RETINANET_RECIPE = TrainingRecipe("sgd", 0.01, 16, 1e-4, 0.9, 500,
                                   "Lin et al. 2017 sec. 4.1 / Detectron: SGD 0.01 at 16 images, wd 1e-4, warm-up")
 HEAD_NORMS = (None, "group", "batch")
+# Box losses by name (Detector.resolve_box_loss): deltas or decoded boxes.
+BOX_LOSS_TYPES = ("smooth_l1", "huber", "iou", "giou", "diou", "ciou")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -37,12 +40,18 @@ class RetinaNetConfig(PyramidConfig):
     Args:
         extra_from: P6 from the FPN's P5 ("output", torchvision v1) or from
             C5 ("input", the paper and torchvision's v2).
-        head_norm: None (the paper), "group" (GroupNorm(32) after each subnet
-            conv, shared across levels: torchvision's v2 heads) or "batch".
+        head_norm: None (the paper), "group" (GroupNorm(32) after each bias-free
+            subnet conv, one per conv shared across levels: torchvision's v2
+            heads; needs ``fpn_width`` divisible by 32) or "batch".
+        box_loss_type: the box loss ``compile()`` uses when given none, one of
+            ``BOX_LOSS_TYPES``: "smooth_l1" on deltas (the paper, beta 1/9) or
+            an IoU loss on decoded boxes ("giou": torchvision's v2 recipe,
+            ``regression_head._loss_type = "giou"``).
     """
 
     extra_from: str = "output"
     head_norm: str | None = None
+    box_loss_type: str = "smooth_l1"
 
     def resolve(self):
         self.fill(TINY if self.is_tiny() else FULL)
@@ -53,6 +62,11 @@ class RetinaNetConfig(PyramidConfig):
             raise ValueError(f"extra_from must be 'input' or 'output'; received {self.extra_from!r}.")
         if self.head_norm not in HEAD_NORMS:
             raise ValueError(f"head_norm must be one of {HEAD_NORMS}; received {self.head_norm!r}.")
+        if self.head_norm == "group" and self.fpn_width % GROUPS:
+            raise ValueError(f"head_norm='group' splits fpn_width into {GROUPS} groups; received fpn_width="
+                             f"{self.fpn_width}, not a multiple of {GROUPS}.")
+        if self.box_loss_type not in BOX_LOSS_TYPES:
+            raise ValueError(f"box_loss_type must be one of {BOX_LOSS_TYPES}; received {self.box_loss_type!r}.")
 
 
 def torchvision_anchor_generator() -> AnchorGenerator:
@@ -84,7 +98,7 @@ class RetinaNet(SingleStageDetector):
             multiple of 32; default 512, 128 for "tiny"), ``resize``,
             ``precision``, ``bounding_box_format``, ``class_names``,
             ``min_level``/``max_level``, ``fpn_width``/``head_depth`` (256 / 4;
-            tiny: 48 / 2), ``extra_from``, ``head_norm``, anchors
+            tiny: 48 / 2), ``extra_from``, ``head_norm``, ``box_loss_type``, anchors
             (``anchor_scale``, ``num_scales``, ``aspect_ratios`` or an
             ``anchor_generator`` such as :func:`torchvision_anchor_generator`),
             matcher thresholds (0.5 / 0.4), ``pre_nms_top_k`` (1000 per
@@ -118,6 +132,10 @@ class RetinaNet(SingleStageDetector):
                              cfg.head_depth, cfg.fpn_width, norm=cfg.head_norm)
         self._backbone_name = backbone_model.name
         return keras.Model(inputs, heads, name="network"), anchors
+
+    def default_box_loss(self):
+        """The loss named by ``box_loss_type`` (smooth-L1 with beta 1/9 by default)."""
+        return self.resolve_box_loss(self.config.box_loss_type)
 
     def training_recipe(self) -> TrainingRecipe:
         return SCRATCH_RECIPE if self.config.is_tiny() else RETINANET_RECIPE

@@ -16,14 +16,15 @@ import dataclasses
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from kdet.backbones.factory import build_backbone, canonical_name, default_normalization
 from kdet.config import SCRATCH_RECIPE, TrainingRecipe, keras_field
 from kdet.layers.anchor_generator import AnchorGenerator, ssd_anchor_shapes
 from kdet.models.single_stage import SingleStageConfig, SingleStageDetector
 from kdet.models.ssd.head import ssd_head
-from kdet.models.ssd.presets import (BACKBONE_NAMES, PRESETS, SSD300_ASPECT_RATIOS, SSD_NMS_IOU,
-                                     SSD_SCORE_THRESHOLD, SSD_VARIANCES)
+from kdet.models.ssd.presets import (BACKBONE_NAMES, HEAD_BLOCKS, PRESETS, SSD300_ASPECT_RATIOS, SSD_NMS_IOU,
+                                     SSD_SCORE_THRESHOLD, SSD_VARIANCES, SSDLITE_SOURCES)
 from kdet.necks.ssd_extra import L2Normalization, ssd_extra_layers
 from kdet.validation import check_positive_int
 
@@ -48,20 +49,30 @@ class SSDConfig(SingleStageConfig):
     """SSD's settings (see ``SingleStageConfig`` for the shared ones).
 
     Args:
-        backbone: "vgg16", "mobilenet_v2" (SSDLite: separable extras and
-            heads), "tiny" or a ``keras.Model`` returning ``{"P3", ...}``.
+        backbone: "vgg16", "mobilenet_v2" / "mobilenet_v3_large" (SSDLite:
+            separable extras and heads on the stride-16 expansion and the last
+            layer), "tiny" or a ``keras.Model`` returning ``{"P3", ...}``.
         min_scale, max_scale: default-box scale range (None: the preset's).
         anchor_scales: explicit s_1 .. s_{m+1} instead (torchvision's SSD300:
             0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05).
         aspect_ratios: per level the ratios ``a`` (``a`` and ``1/a`` are used).
         steps: per level the default-box step in pixels (centres at
             ``(i + 0.5) * step``); None: the paper's at 300/512, else
-            round(image / feature size).
+            image / feature size per axis (Caffe's ``PriorBox`` and
+            torchvision's ``DefaultBoxGenerator`` without steps).
         clip_default_boxes: bound default-box sizes by the image.
         extras: (reduce, out, kernel, stride, pad) per extra block.
         head_depth: hidden 3x3 conv + ReLU layers per head level before the
             predicting conv (None: 0, the paper's head; 2 for "tiny").
         head_width: channels of those hidden layers.
+        head_block: the predicting layer of each level: "conv" (3x3), "separable"
+            or "depthwise_bn" (SSDLite: depthwise 3x3 + BN + ReLU6, then 1x1);
+            None: the preset's.
+        reduced_tail: MobileNetV3's last stage at half width (None: the
+            preset's, True for torchvision's SSDLite); MobileNetV3 only.
+        candidates_per_class: before NMS, each class keeps only its best
+            this many default boxes (torchvision's ``topk_candidates``: 400 in
+            SSD300, 300 in SSDLite); None keeps every box above the score threshold.
         negative_threshold: default boxes below this IoU are background
             (None: ``positive_threshold``, the paper's single threshold).
     """
@@ -71,11 +82,14 @@ class SSDConfig(SingleStageConfig):
     max_scale: float | None = None
     anchor_scales: tuple[float, ...] | None = None
     aspect_ratios: tuple[tuple[float, ...], ...] | None = None
-    steps: tuple[int, ...] | None = None
+    steps: tuple[float, ...] | None = None
     clip_default_boxes: bool = True
     extras: tuple[tuple[int, ...], ...] | None = None
     head_depth: int | None = None
     head_width: int = 64
+    head_block: str | None = None
+    reduced_tail: bool | None = None
+    candidates_per_class: int | None = None
     box_variances: tuple[float, ...] = SSD_VARIANCES
     negative_threshold: float | None = None
     allow_low_quality_matches: bool = False
@@ -98,7 +112,10 @@ class SSDConfig(SingleStageConfig):
         scales = preset.get("scales", (0.2, 0.9))
         self.fill_none(extras=preset["extras"], aspect_ratios=preset.get("aspect_ratios", SSD300_ASPECT_RATIOS),
                        min_scale=scales[0], max_scale=scales[1], steps=preset.get("steps"),
-                       head_depth=preset.get("head_depth", 0), negative_threshold=self.positive_threshold)
+                       head_depth=preset.get("head_depth", 0), negative_threshold=self.positive_threshold,
+                       head_block=preset.get("head_block", "conv"))
+        if self.reduced_tail is None and "reduced_tail" in preset:
+            self._set("reduced_tail", preset["reduced_tail"])
 
     def fill_none(self, **values):
         for key, value in values.items():
@@ -114,6 +131,15 @@ class SSDConfig(SingleStageConfig):
         check_positive_int("head_width", self.head_width)
         self._set("extras", tuple(tuple(int(v) for v in e) for e in self.extras))
         self._set("aspect_ratios", tuple(tuple(float(a) for a in level) for level in self.aspect_ratios))
+        if self.candidates_per_class is not None:
+            check_positive_int("candidates_per_class", self.candidates_per_class)
+        if self.head_block not in HEAD_BLOCKS:
+            raise ValueError(f"head_block must be one of {HEAD_BLOCKS}; received {self.head_block!r}.")
+        if self.reduced_tail is not None and canonical_name(self.backbone) != "mobilenet_v3_large":
+            raise ValueError(f"reduced_tail applies to backbone='mobilenet_v3_large' only; received backbone "
+                             f"{self.backbone!r} with reduced_tail={self.reduced_tail!r}.")
+        if self.steps is not None:
+            self._set("steps", tuple(float(v) if float(v) != int(v) else int(v) for v in self.steps))
 
 
 @keras.saving.register_keras_serializable(package="kdet")
@@ -159,12 +185,15 @@ class SSD(SingleStageDetector):
         name = canonical_name(cfg.backbone)
         preset = cfg.preset()
         size = cfg.image_size
-        backbone_model, _ = build_backbone(cfg.backbone, size, allowed=BACKBONE_NAMES)
+        options = dict(preset.get("backbone_options", {}))
+        if cfg.reduced_tail is not None:
+            options["reduced_tail"] = cfg.reduced_tail
+        backbone_model, _ = build_backbone(cfg.backbone, size, allowed=BACKBONE_NAMES, **options)
         inputs = keras.Input((*size, 3), name="images")
         features = backbone_model(inputs)
         levels = sorted(k for k in features if int(k[1:]) >= 3)
-        if name == "mobilenet_v2":
-            levels = ["P4", "P5"]  # SSDLite: stride 16 expansion and the last layer
+        if name in ("mobilenet_v2", "mobilenet_v3_large"):
+            levels = list(SSDLITE_SOURCES)  # SSDLite: stride 16 expansion and the last layer
         sources = [features[k] for k in levels]
         if name == "vgg16":
             sources[0] = L2Normalization(name="conv4_3_l2norm")(sources[0])
@@ -175,18 +204,29 @@ class SSD(SingleStageDetector):
                              f"sources of sizes {feature_shapes}.")
         shapes = default_box_shapes(size, cfg.aspect_ratios, cfg.min_scale, cfg.max_scale, cfg.anchor_scales,
                                     cfg.clip_default_boxes)
-        steps = cfg.steps or [_step(size, shape) for shape in feature_shapes]
         counts = [len(level) for level in shapes]
-        head = dict(separable=preset["separable"], width=cfg.head_width, depth=cfg.head_depth)
+        head = dict(block=cfg.head_block, width=cfg.head_width, depth=cfg.head_depth)
         cls = ssd_head(sources, counts, self.head_classes, name="ssd_cls", **head)
         box = ssd_head(sources, counts, 4, name="ssd_box", **head)
         self._backbone_name = backbone_model.name
         self.feature_shapes = feature_shapes
-        anchors = AnchorGenerator(strides=steps, anchor_shapes=shapes, offset=0.5, name="anchor_generator")
+        # Without steps: spaced by canvas / feature size per axis (nominal strides only label the levels).
+        steps = cfg.steps or [max(1, round(size[0] / shape[0])) for shape in feature_shapes]
+        anchors = AnchorGenerator(strides=steps, anchor_shapes=shapes, offset=0.5,
+                                  stride_from_grid=False if cfg.steps else "exact", name="anchor_generator")
         return keras.Model(inputs, {"box": box, "cls": cls}, name="network"), anchors
 
     def network_feature_shapes(self):
         return self.feature_shapes
+
+    def class_scores(self, cls_logits):
+        """Per-class probabilities; with ``candidates_per_class`` each class's scores below its k-th best are 0."""
+        scores = super().class_scores(cls_logits)
+        k = self.config.candidates_per_class
+        if k is None or k >= scores.shape[1]:
+            return scores
+        kth = tf.math.top_k(tf.transpose(scores, [0, 2, 1]), k=k).values[..., -1]  # (B, C)
+        return tf.where(scores >= kth[:, None, :], scores, 0.0)
 
     def default_box_loss(self):
         """Smooth L1 with beta 1 on the deltas (Liu et al. 2016, eq. (2))."""
@@ -197,11 +237,3 @@ class SSD(SingleStageDetector):
     def training_recipe(self) -> TrainingRecipe:
         return SCRATCH_RECIPE if canonical_name(self.config.backbone) == "tiny" else SSD_RECIPE
 
-
-def _step(size, feature_shape) -> int:
-    """Default-box step of a level: the image / feature ratio, rounded (Caffe SSD's steps)."""
-    step_h, step_w = round(size[0] / feature_shape[0]), round(size[1] / feature_shape[1])
-    if step_h != step_w:
-        raise ValueError(f"Default boxes need one step per level; image {size} and feature map {feature_shape} "
-                         f"give steps {step_h} x {step_w}: pass steps= explicitly or use a square image_size.")
-    return step_h
