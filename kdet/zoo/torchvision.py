@@ -114,6 +114,8 @@ def _weights_of(kind: str, state, key: str) -> list[np.ndarray]:
         return conv_weights(state, key, bias=False)
     if kind == "bn":
         return batch_norm_weights(state, key)
+    if kind == "norm":  # GroupNorm / LayerNorm affine: (weight, bias) -> Keras [gamma, beta]
+        return [state[f"{key}.weight"], state[f"{key}.bias"]]
     if kind == "dense":
         return dense_weights(state, key)
     if kind == "vector":  # a bare parameter tensor, e.g. SSD's L2Norm scale
@@ -137,7 +139,7 @@ def apply_key_map(model, state: Mapping[str, np.ndarray], key_map: dict, transfo
         model: a kdet model (nested sub-models are searched by layer name).
         state: torchvision ``state_dict`` as ``{key: np.ndarray}``.
         key_map: {kdet layer name: (kind, torchvision key prefix)}, kind one of
-            "conv", "conv_nobias", "bn", "dense",
+            "conv", "conv_nobias", "bn", "norm" (GroupNorm's weight / bias), "dense",
             "vector" (the key itself is a tensor).
         transforms: {kdet layer name: f(list of arrays) -> list of arrays}
             applied after the layout conversion (class-channel selection).
