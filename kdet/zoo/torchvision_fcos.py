@@ -27,8 +27,7 @@ from typing import Mapping
 import numpy as np
 
 from kdet.zoo.coco_classes import COCO_CATEGORY_IDS, COCO_CLASSES
-from kdet.zoo.torchvision import (TORCHVISION_COCO_OUTPUTS, _from_pth, apply_key_map, class_channels, fpn_key_map,
-                                  resnet_key_map)
+from kdet.zoo.torchvision import TORCHVISION_COCO_OUTPUTS, _from_pth, apply_key_map, fpn_key_map, resnet_key_map
 
 # torchvision fcos_resnet50_fpn (FCOS.__init__ defaults and GeneralizedRCNNTransform): the settings its
 # COCO checkpoint was evaluated with (39.2 box AP).
@@ -67,24 +66,23 @@ def convert_fcos(model, state_dict: Mapping[str, np.ndarray]):
 
     Args:
         model: ``FCOS`` with ``backbone="resnet50"``, FPN width 256, head
-            depth 4 and GroupNorm towers, whose class head has torchvision's 91
-            outputs (``torchvision_fcos(80)`` or ``(91)``) or 80 (the COCO
-            labels' channels are kept).
+            depth 4, GroupNorm towers and torchvision's 91 class outputs: build
+            it with :func:`torchvision_fcos` (80 COCO labels through
+            ``head_output_ids``, or 91).
         state_dict: ``{key: np.ndarray}`` (e.g. :func:`kdet.zoo.pth.load_state_dict`).
 
     Returns:
         ``model``, with its weights set.
 
     Raises:
-        ValueError: the model's class head fits neither layout, or the
+        ValueError: the model's class head does not have 91 outputs, or the
             ``state_dict`` and the model differ (missing / unused keys, shapes).
     """
-    if model.head_classes == TORCHVISION_COCO_OUTPUTS:
-        transforms = {}
-    else:
-        keep = class_channels(model.head_classes, background=False)  # 80 COCO labels, else a clear error
-        transforms = {"cls_logits": lambda arrays: [arrays[0][..., keep], arrays[1][keep]]}
-    apply_key_map(model, state_dict, fcos_key_map(model.config.head_depth), transforms)
+    if model.head_classes != TORCHVISION_COCO_OUTPUTS:
+        raise ValueError(f"A torchvision FCOS checkpoint has {TORCHVISION_COCO_OUTPUTS} class outputs; the model's "
+                         f"head has {model.head_classes} (num_classes={model.num_classes}). Build it with "
+                         "torchvision_fcos(80) (the COCO labels, through head_output_ids) or torchvision_fcos(91).")
+    apply_key_map(model, state_dict, fcos_key_map(model.config.head_depth))
     return model
 
 

@@ -378,7 +378,8 @@ def test_keras_file_uses_the_model_class_classifier_layers(tmp_path):
 
 # One entry per architecture family (the EfficientDet variants share the class net's layer names).
 _CLASSIFIER_FAMILIES = ("yolov3_darknet53_coco", "yolov3_tiny_coco", "efficientdet_d0_coco",
-                        "retinanet_resnet50_fpn_coco", "ssd300_vgg16_coco", "fasterrcnn_resnet50_fpn_coco")
+                        "retinanet_resnet50_fpn_coco", "ssd300_vgg16_coco", "fasterrcnn_resnet50_fpn_coco",
+                        "fcos_resnet50_fpn_coco")
 
 
 def test_every_pretrained_entry_with_classes_names_its_classifier():
