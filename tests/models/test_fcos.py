@@ -132,6 +132,7 @@ def test_assignment_by_hand():
     ({"num_classes": 3, "norm_groups": 32}, r"fpn_width \(48\) must be divisible by norm_groups \(32\)"),
     ({"num_classes": 3, "center_sampling_radius": 0}, "center_sampling_radius"),
     ({"num_classes": 3, "location_offset": 1.0}, "location_offset"),
+    ({"num_classes": 3, "scale_range": (8, 4)}, "scale_range"),
     ({"num_classes": 3, "head_output_ids": (1, 2)}, "head_output_ids must hold 3"),
     ({"num_classes": 3, "pre_nms_top_k": 0}, "pre_nms_top_k"),
     ({"num_classes": 3, "extra_from": "middle"}, "extra_from"),

@@ -90,7 +90,8 @@ def test_fcos(images, tmp_path):
     # COMMON's nms_iou_threshold (0.6) is FCOS's default: the fixed variant sets another one.
     fixed = dict(COMMON, backbone="tiny", image_size=(64, 96), resize="letterbox", nms_iou_threshold=0.5,
                  min_level=4, max_level=6, fpn_width=32, head_depth=1, norm_groups=8, extra_from="input",
-                 location_offset=0.5, center_sampling_radius=2.0, pre_nms_top_k=50, head_output_ids=(3, 1))
+                 location_offset=0.5, center_sampling_radius=2.0, scale_range=(2.0, 6.0), pre_nms_top_k=50,
+                 head_output_ids=(3, 1))
     follow = dict(COMMON, **MIN_MAX, backbone="tiny", head_norm=None)
     check_round_trip(FCOS, [fixed, follow], images, tmp_path)
 

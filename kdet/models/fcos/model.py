@@ -29,8 +29,8 @@ from kdet.config import SCRATCH_RECIPE, NMSConfig, TrainingRecipe, keras_field
 from kdet.detector import Detector
 from kdet.layers.combined_nms import CombinedNMS
 from kdet.models.fcos.head import HEAD_NORMS, fcos_head
-from kdet.models.fcos.targets import (assign_locations, centerness_target, decode_ltrb, encode_ltrb, level_ranges,
-                                      location_generator)
+from kdet.models.fcos.targets import (RANGE_LOWER, RANGE_UPPER, assign_locations, centerness_target, decode_ltrb,
+                                      encode_ltrb, level_ranges, location_generator)
 from kdet.models.single_stage import clip_to_valid, operates_on_boxes, per_anchor
 from kdet.necks.fpn import fpn
 from kdet.validation import check_image_size, check_positive_int
@@ -69,6 +69,10 @@ class FCOSConfig(NMSConfig):
             torchvision's 0 (grid corners) or the paper's 0.5 (cell centres).
         center_sampling_radius: positives lie within this many strides of a
             box centre (torchvision 1.5).
+        scale_range: a level of stride s learns the boxes whose largest
+            location-to-side distance lies in (lower * s, upper * s), the finest
+            level from 0 and the coarsest to infinity (torchvision and the
+            paper: (4, 8), i.e. 0-64-128-256-512-inf px on P3-P7).
         pre_nms_top_k: (location, class) candidates kept per level before NMS
             (torchvision 1000).
         head_output_ids: the head's output index of each kdet label (e.g.
@@ -86,6 +90,7 @@ class FCOSConfig(NMSConfig):
     extra_from: str = "output"
     location_offset: float = 0.0
     center_sampling_radius: float = CENTER_SAMPLING_RADIUS
+    scale_range: tuple[float, float] = (RANGE_LOWER, RANGE_UPPER)
     pre_nms_top_k: int = TOP_K_PER_LEVEL
     head_output_ids: tuple[int, ...] | None = None
     score_threshold: float = SCORE_THRESHOLD
@@ -120,6 +125,9 @@ class FCOSConfig(NMSConfig):
         if not float(self.center_sampling_radius) > 0:
             raise ValueError(f"center_sampling_radius must be > 0; received {self.center_sampling_radius!r}.")
         self._set("center_sampling_radius", float(self.center_sampling_radius))
+        if len(self.scale_range) != 2 or not 0 <= float(self.scale_range[0]) < float(self.scale_range[1]):
+            raise ValueError(f"scale_range must be (lower, upper) with 0 <= lower < upper; received {self.scale_range}.")
+        self._set("scale_range", tuple(float(v) for v in self.scale_range))
         coarsest = 2 ** min(int(self.max_level), 5)
         if self.image_size is not None and self.fixed_canvas:
             check_image_size(self.image_size, multiple_of=coarsest)
@@ -213,7 +221,8 @@ class FCOS(Detector):
             shapes = gen.feature_shapes(*canvas)
             locations = gen.generate(*canvas, feature_shapes=shapes)
             counts = [int(h * w) for h, w in shapes]
-            self._location_cache[canvas] = (locations, counts, level_ranges(counts, gen.sizes))
+            ranges = level_ranges(counts, gen.sizes, self.config.scale_range)
+            self._location_cache[canvas] = (locations, counts, ranges)
         return self._location_cache[canvas]
 
     # ------------------------------------------------------------ forward

@@ -14,9 +14,10 @@ and the matcher read the point (its centre) and the size from it:
   centre on both axes (centre sampling, FCOS v2 / the official code's
   ``center_sampling_radius``), (2) it lies strictly inside the box, and (3) the
   largest of its four distances falls in its level's range ``(4 size, 8 size)``
-  (Tian et al. 2019, section 3.2: m_i = 0, 64, 128, 256, 512, inf), the first
-  level's lower bound 0 and the last's upper bound infinite; among several
-  boxes the one of smallest area wins (section 3.1);
+  (Tian et al. 2019, section 3.2: m_i = 0, 64, 128, 256, 512, inf; the factors
+  are ``FCOSConfig.scale_range``), the first level's lower bound 0 and the
+  last's upper bound infinite; among several boxes the one of smallest area
+  wins (section 3.1);
 * centre-ness target (eq. (3)): ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))``.
 """
 
@@ -47,10 +48,16 @@ def location_generator(min_level: int = 3, max_level: int = 7, offset: float = 0
                            round_base_anchors=True, stride_from_grid=True, name="location_generator")
 
 
-def level_ranges(counts: list[int], sizes: list[float]) -> np.ndarray:
-    """(N, 2) lower / upper bound of each location's largest distance, in pixels (module docstring)."""
-    lower = np.concatenate([np.full(n, RANGE_LOWER * s, np.float32) for n, s in zip(counts, sizes)])
-    upper = np.concatenate([np.full(n, RANGE_UPPER * s, np.float32) for n, s in zip(counts, sizes)])
+def level_ranges(counts: list[int], sizes: list[float], scale_range=(RANGE_LOWER, RANGE_UPPER)) -> np.ndarray:
+    """(N, 2) lower / upper bound of each location's largest distance, in pixels (module docstring).
+
+    Args:
+        counts: locations per level, finest first.
+        sizes: each level's location size (its stride).
+        scale_range: (lower, upper) bounds in units of the size (torchvision: 4, 8).
+    """
+    lower = np.concatenate([np.full(n, scale_range[0] * s, np.float32) for n, s in zip(counts, sizes)])
+    upper = np.concatenate([np.full(n, scale_range[1] * s, np.float32) for n, s in zip(counts, sizes)])
     lower[: counts[0]] = 0.0
     upper[len(upper) - counts[-1]:] = np.inf
     return np.stack([lower, upper], axis=-1)
