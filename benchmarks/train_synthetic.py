@@ -39,6 +39,7 @@ CONFIGS = {
     "ssd_tiny": lambda: _models().SSD(3, backbone="tiny", image_size=128),
     "yolov3_tiny": lambda: _models().YOLOV3(3, backbone="tiny", image_size=128),
     "faster_rcnn_tiny": lambda: _models().FasterRCNN(3, backbone="tiny", image_size=128),
+    "fcos_tiny": lambda: _models().FCOS(3, backbone="tiny", image_size=128),
 }
 
 

@@ -165,6 +165,30 @@ for _name, _file, _builder, _kwargs, _size, _converter, _enum, _ap, _text in _TO
         model_card=f"zoo/{_name}.md",
     ))
 
+# torchvision fcos_resnet50_fpn (BSD-3-Clause): its own module (kdet.zoo.torchvision_fcos) and its upstream
+# transform ("min_max": shorter side 800, longer at most 1333, padded to a multiple of 32), so any input size.
+_FCOS_FILE = "fcos_resnet50_fpn_coco-99b0c9b7.pth"
+register(ModelEntry(
+    name="fcos_resnet50_fpn_coco",
+    builder="kdet.zoo.torchvision_fcos:torchvision_fcos",
+    builder_kwargs={"num_classes": 80},
+    description="FCOS, ResNet-50 FPN, torchvision COCO checkpoint (numerically equivalent port)",
+    input_size=None,
+    class_names=COCO,
+    weights=WeightsSource(
+        url=_TORCHVISION_URL.format(_FCOS_FILE),
+        sha256=None,  # not published upstream: recorded after the first download
+        sha256_prefix=_FCOS_FILE.rsplit("-", 1)[1].split(".")[0],
+        size=None,
+        converter="kdet.zoo.torchvision_fcos:load_fcos_pth",
+        classifier=("cls_logits",),  # torchvision's 91 class logits (kdet's 80 labels read 80 of them)
+    ),
+    license=_TORCHVISION_LICENSE,
+    metrics={"coco_box_AP": 39.2},
+    metrics_source=_TORCHVISION_SOURCE.format("FCOS_ResNet50_FPN_Weights"),
+    model_card="zoo/fcos_resnet50_fpn_coco.md",
+))
+
 # --- Architectures only (random weights; pass num_classes) ------------------
 
 _ARCHITECTURES = (
@@ -183,6 +207,9 @@ _ARCHITECTURES = (
     ("fasterrcnn_resnet50_fpn", "kdet.models.faster_rcnn:FasterRCNN",
      {"num_classes": 80, "backbone": "resnet50_fpn"}, None,
      "Faster R-CNN, ResNet-50 FPN (Ren et al. 2015; Lin et al. 2017)"),
+    ("fcos_resnet50_fpn", "kdet.models.fcos:FCOS",
+     {"num_classes": 80, "backbone": "resnet50"}, None,
+     "FCOS, ResNet-50 FPN, anchor-free (Tian et al. 2019)"),
 )
 
 for _name, _builder, _kwargs, _size, _description in _ARCHITECTURES:

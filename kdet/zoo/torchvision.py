@@ -159,6 +159,8 @@ def _weights_of(kind: str, state, key: str) -> list[np.ndarray]:
         return conv_weights(state, key, bias=False)
     if kind == "bn":
         return batch_norm_weights(state, key)
+    if kind == "norm":  # GroupNorm / LayerNorm affine: (weight, bias) -> Keras [gamma, beta]
+        return [state[f"{key}.weight"], state[f"{key}.bias"]]
     if kind == "dense":
         return dense_weights(state, key)
     if kind == "vector":  # a bare parameter tensor, e.g. SSD's L2Norm scale

@@ -23,6 +23,7 @@ BUILDERS = {
     "ssd": lambda: kdet.models.SSD(3, backbone="tiny", image_size=128, resize="stretch"),
     "yolov3": lambda: kdet.models.YOLOV3(3, backbone="tiny", image_size=128, resize="letterbox"),
     "faster_rcnn": lambda: kdet.models.FasterRCNN(3, backbone="tiny", image_size=128, resize="stretch"),
+    "fcos": lambda: _random_fcos(),
 }
 SERVED = (96, 160)  # the exported models' input: non-square photos
 
@@ -38,6 +39,17 @@ def _spread_scores(model) -> None:
         layer = layers[name]
         layer.set_weights([rng.normal(0.0, 0.3 if w.ndim == 1 else 0.05, w.shape).astype(np.float32)
                            for w in layer.get_weights()])
+
+
+def _random_fcos():
+    """A tiny FCOS whose random detections can be compared: scores above the bar, boxes with an area."""
+    # Random FCOS scores are about sqrt(0.01 * 0.5) = 0.07: below the default 0.2, so lower the bar. Its
+    # ReLU distances start near 0 (zero-area boxes, which no IoU matches): 2 strides on every side instead.
+    model = kdet.models.FCOS(3, backbone="tiny", image_size=128, score_threshold=0.01)
+    layer = model.network.get_layer("bbox_reg")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, bias + 2.0])
+    return model
 
 
 def _matched_fraction(expected, got, k=10):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kdet.data import synthetic_arrays
-from kdet.models import SSD, YOLOV3, EfficientDet, FasterRCNN, MTCNN, RetinaNet
+from kdet.models import FCOS, SSD, YOLOV3, EfficientDet, FasterRCNN, MTCNN, RetinaNet
 from kdet.models.retinanet.pyramid import pyramid_anchor_generator
 from tests.roundtrip import check_round_trip
 
@@ -89,6 +89,16 @@ def test_faster_rcnn(images, tmp_path):
                   anchor_sizes=((8, 12), (16, 24), (32, 48), (64, 96)), canonical_scale=40.0, fpn_norm="batch",
                   rpn_head_depth=2, rpn_score_threshold=0.01, box_head="4conv1fc")
     check_round_trip(FasterRCNN, [fixed, follow], images, tmp_path)
+
+
+def test_fcos(images, tmp_path):
+    # COMMON's nms_iou_threshold (0.6) is FCOS's default: the fixed variant sets another one.
+    fixed = dict(COMMON, backbone="tiny", image_size=(64, 96), resize="letterbox", nms_iou_threshold=0.5,
+                 min_level=4, max_level=6, fpn_width=32, head_depth=1, norm_groups=8, extra_from="input",
+                 location_offset=0.5, center_sampling_radius=2.0, scale_range=(2.0, 6.0), pre_nms_top_k=50,
+                 head_output_ids=(3, 1))
+    follow = dict(COMMON, **MIN_MAX, backbone="tiny", head_norm=None)
+    check_round_trip(FCOS, [fixed, follow], images, tmp_path)
 
 
 def test_mtcnn(tmp_path):
