@@ -32,7 +32,7 @@ from kdet.heads.rpn import rpn_head
 from kdet.layers.anchor_generator import AnchorGenerator
 from kdet.layers.image_preprocessing import boxes_to_network
 from kdet.layers.roi_align import MultiLevelRoIAlign
-from kdet.models.faster_rcnn.proposals import generate_proposals
+from kdet.heads.rpn_proposals import generate_proposals
 from kdet.models.single_stage import clip_to_valid
 from kdet.necks.fpn import fpn
 from kdet.ops.box_coder import decode_deltas
