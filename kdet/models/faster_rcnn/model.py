@@ -375,6 +375,13 @@ class FasterRCNN(Detector):
         return tf.where(labels >= 0, tf.gather(tf.constant(ids, tf.int32), tf.maximum(labels, 0)), 0)
 
     def compute_losses(self, y, raw, frame):
+        return self.losses_and_sample(y, raw, frame)[0]
+
+    def losses_and_sample(self, y, raw, frame) -> tuple[dict, dict]:
+        """(the four losses, the RoI sample of ``RoITargetSampler`` they were computed on).
+
+        Mask R-CNN adds its mask loss on the same sampled RoIs.
+        """
         gt_boxes, gt_labels = y["boxes"], y["labels"]
         if "proposals" in raw:
             rpn_cls = rpn_box = tf.constant(0.0)
@@ -391,7 +398,7 @@ class FasterRCNN(Detector):
         class_deltas = tf.gather(deltas, target, batch_dims=2)  # (B, S, 4): the GT class's deltas
         box_values = self._box_values(sample["box_targets"], class_deltas)
         roi_box = tf.reduce_sum(box_values * tf.cast(sample["positive"], tf.float32)) / count
-        return {"rpn_cls": rpn_cls, "rpn_box": rpn_box, "roi_cls": roi_cls, "roi_box": roi_box}
+        return {"rpn_cls": rpn_cls, "rpn_box": rpn_box, "roi_cls": roi_cls, "roi_box": roi_box}, sample
 
     def _rpn_losses(self, raw, frame, gt_boxes, gt_labels):
         anchors, _ = self.canvas_anchors(frame["canvas"])
