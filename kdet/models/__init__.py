@@ -6,3 +6,4 @@ from kdet.models.yolov3 import YOLOV3
 from kdet.models.ssd import SSD
 from kdet.models.faster_rcnn import FasterRCNN
 from kdet.models.mtcnn import MTCNN
+from kdet.models.mask_rcnn import MaskRCNN
