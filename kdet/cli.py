@@ -113,6 +113,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     out_dir = pathlib.Path(args.out) if args.out else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+
     from kdet.data.images import load_image
     from kdet.visualization import draw_detections
 
@@ -130,6 +132,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 item["class_name"] = class_names[label]
             if "landmarks" in det:
                 item["landmarks"] = [[round(float(v), 2) for v in p] for p in det["landmarks"][i]]
+            if "masks" in det:  # instance masks, pasted in the image's pixels (drawn with --out)
+                item["mask_area"] = int(np.count_nonzero(det["masks"][i]))
             record["detections"].append(item)
         if out_dir is not None:
             path = _output_path(out_dir, image_path, used)
@@ -250,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detect", help="detect objects in images; prints JSON")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--model", required=True, help="zoo name, .keras file or preset directory")
-    p.add_argument("--out", metavar="DIR", help="save annotated images (PNG) into DIR")
+    p.add_argument("--out", metavar="DIR", help="save annotated images (PNG: boxes, labels, instance masks) into DIR")
     p.add_argument("--score", type=float, default=0.5, help="score threshold (default 0.5)")
     p.add_argument("--weights", metavar="PATH", help="weights file (default: the model's own)")
     p.set_defaults(func=cmd_detect)

@@ -307,17 +307,20 @@ class Detector(keras.Model):
         return metrics
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        # Training logs leave the COCO metric out: it is only updated by evaluate().
+        # Training logs leave the COCO metric out (every key it reports: box AP, and mask AP for
+        # models with masks): it is only updated by evaluate().
         results = super().compute_metrics(x, y, y_pred, sample_weight)
         if getattr(self, "_coco_metric", None) is not None:
-            results = {k: v for k, v in results.items() if k != self._coco_metric.name}
+            coco_keys = set(self._coco_metric.result_keys())
+            results = {k: v for k, v in results.items() if k not in coco_keys}
         return results
 
     def validate_arrays(self, x, y=None) -> None:
         """Checks in-memory (NumPy) images and ground truth before training or evaluation.
 
         Raises ``ValueError`` for wrong ranks or channels, empty batches, NaN/inf
-        boxes, degenerate boxes (x2 < x1) and labels outside [0, num_classes).
+        boxes, degenerate boxes (x2 < x1), labels outside [0, num_classes) and
+        masks that are not one per box row in the images' pixels.
         Datasets are checked inside the graph only for shapes.
         """
         images = x.get("images") if isinstance(x, dict) else x
@@ -329,10 +332,12 @@ class Detector(keras.Model):
                     "grayscale/RGBA first (kdet.data.load_image does it per image)."
                 )
         if isinstance(y, dict) and all(isinstance(v, (np.ndarray, list)) for v in y.values()):
-            checked_y = check_ground_truth(y, self.num_classes)
             height = width = None
             if isinstance(images, np.ndarray):
                 height, width = images.shape[1], images.shape[2]
+            # Masks (instance segmentation) must be in the images' pixels, one per box row.
+            checked_y = check_ground_truth(y, self.num_classes,
+                                           image_size=(height, width) if height is not None else None)
             if not self.bounding_box_format.startswith("rel_") or height is not None:
                 boxes = convert_format(checked_y["boxes"], self.bounding_box_format, "xyxy",
                                        height=height, width=width).numpy()
@@ -563,8 +568,9 @@ class Detector(keras.Model):
         Returns:
             dict of NumPy arrays with the valid rows only: ``boxes`` (n, 4) in
             ``bounding_box_format`` pixels of ``image``, ``scores`` (n,),
-            ``labels`` (n,), and the model's extra outputs (``point_outputs``,
-            ``masks``) for the same rows.
+            ``labels`` (n,), and the model's extra outputs (``point_outputs``)
+            for the same rows. Instance masks come pasted into the image:
+            ``masks`` (n, H, W) uint8 (see ``paste_detection_masks``).
         """
         array = load_image(image)
         # One image at a time: a fixed canvas runs one graph for every photo size (no XLA
@@ -576,7 +582,27 @@ class Detector(keras.Model):
         if score_threshold is not None:
             keep = result["scores"] >= float(score_threshold)
             result = {k: v[keep] for k, v in result.items()}
+        if "masks" in result:
+            result["masks"] = self.paste_detection_masks(result["masks"], result["boxes"], *array.shape[:2])
         return result
+
+    def paste_detection_masks(self, masks, boxes, height: int, width: int, chunk: int = 16) -> np.ndarray:
+        """One image's (n, M, M) mask probabilities -> (n, height, width) uint8 in its pixels.
+
+        ``kdet.ops.paste_masks`` (torchvision ``paste_masks_in_image``) at the
+        detections' boxes (``bounding_box_format``, image pixels), thresholded
+        at the config's ``mask_threshold`` (0.5 where it has none); ``chunk``
+        detections at a time bounds the float32 intermediates.
+        """
+        from kdet.ops.masks import paste_masks
+
+        threshold = getattr(self.config, "mask_threshold", 0.5)
+        masks = np.asarray(masks, np.float32)
+        boxes = np.asarray(boxes, np.float32)
+        pasted = [paste_masks(masks[None, i:i + chunk], boxes[None, i:i + chunk], int(height), int(width),
+                              threshold=threshold, bounding_box_format=self.bounding_box_format).numpy()[0]
+                  for i in range(0, len(masks), chunk)]
+        return np.concatenate(pasted) if pasted else np.zeros((0, int(height), int(width)), np.uint8)
 
     def export(self, filepath, format: str = "tf_saved_model", **kwargs):
         """Exports the inference graph (decoding + NMS inside): "tf_saved_model" or "litert".

@@ -232,6 +232,31 @@ def test_detect_prints_json_and_draws(box_format, tmp_path, monkeypatch, capsys)
     assert diff[50:80, 60:100].max() == 0  # inside the box, away from the label
 
 
+class FakeMaskDetector(FakeDetector):
+    """A detector whose detect() returns pasted instance masks, as MaskRCNN's."""
+
+    def detect(self, image, score_threshold=None):
+        out = super().detect(image, score_threshold)
+        masks = np.zeros((len(out["boxes"]), *np.asarray(image).shape[:2]), np.uint8)
+        masks[0, 40:80, 50:110] = 1  # inside the first box
+        return {**out, "masks": masks}
+
+
+def test_detect_draws_instance_masks(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.full((160, 200, 3), 128, np.uint8)).save(image)
+    monkeypatch.setattr(cli, "_load_model", lambda name, weights="default": FakeMaskDetector())
+    assert cli.main(["detect", str(image), "--model", "fake", "--out", str(tmp_path / "out"), "--score", "0.5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["results"][0]["detections"][0]["mask_area"] == 40 * 60
+    with Image.open(report["results"][0]["annotated"]) as drawn:
+        diff = np.abs(np.asarray(drawn.convert("RGB"), np.int16) - 128).sum(-1)
+    assert diff[50:75, 60:100].min() > 10  # the mask's translucent colour, inside the box
+    assert diff[95:110, 60:100].max() == 0  # inside the box, below the mask: untouched
+
+
 @pytest.mark.slow
 def test_detect_mtcnn_end_to_end(tmp_path):
     """The real console script on a real photo (XLA compiles MTCNN: slow on CPU)."""

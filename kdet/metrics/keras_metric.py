@@ -222,6 +222,10 @@ class COCOMeanAveragePrecision(keras.metrics.Metric):
             return {self.name: results["AP"], MASK_PREFIX + "AP": results[MASK_PREFIX + "AP"]}
         return results["AP"]
 
+    def result_keys(self) -> tuple[str, ...]:
+        """Every key ``result()`` may report (log keys): box and mask AP names, with and without ``return_dict``."""
+        return (self.name, MASK_PREFIX + "AP") + self._acc.box_keys + self._acc.mask_keys
+
     def reset_state(self) -> None:
         self._acc.reset()
 

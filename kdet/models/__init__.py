@@ -7,3 +7,4 @@ from kdet.models.ssd import SSD
 from kdet.models.faster_rcnn import FasterRCNN
 from kdet.models.mtcnn import MTCNN
 from kdet.models.fcos import FCOS
+from kdet.models.mask_rcnn import MaskRCNN

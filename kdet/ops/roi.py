@@ -118,6 +118,25 @@ def _axis_samples(start, length, size, bins: int, sampling_ratio: int, clamp_out
     return index, weight
 
 
+def _average_bins(table, base, width, ys, wys, xs, wxs, sampling_ratio: int):
+    """Each bin's average of its bilinear samples, read from a flattened (rows, C) table.
+
+    base, width: (N,) first table row and row length of each RoI's map; ys / xs and
+    their weights: (N, bins, 2 s) from ``_axis_samples``. Returns (N, P_h, P_w, C) float32.
+    """
+    s = sampling_ratio
+    ph, pw = ys.shape[1], xs.shape[1]
+    # All 4 s^2 (sample, corner) taps of a bin side by side: (N, ph, pw, 2s, 2s).
+    row = ys * width[:, None, None] + base[:, None, None]
+    index = row[:, :, None, :, None] + xs[:, None, :, None, :]
+    weight = wys[:, :, None, :, None] * wxs[:, None, :, None, :] / float(s * s)
+    taps = [-1, ph, pw, 4 * s * s]
+    values = tf.cast(tf.gather(table, tf.reshape(index, taps)), tf.float32)
+    # The bin average as one weighted sum per bin (a batched matmul; reducing the
+    # samples as separate strided axes is several times slower on CPU).
+    return tf.einsum("...k,...kc->...c", tf.reshape(weight, taps), values)
+
+
 def multilevel_roi_align(features: Sequence, boxes, levels, spatial_scales: Sequence[float], output_size=7,
                          sampling_ratio: int = 2, aligned: bool = False, clamp_outside: bool = False):
     """RoIAlign where each RoI reads the pyramid level given by ``levels``.
@@ -161,15 +180,7 @@ def multilevel_roi_align(features: Sequence, boxes, levels, spatial_scales: Sequ
         rw, rh = tf.maximum(rw, 1.0), tf.maximum(rh, 1.0)
     ys, wys = _axis_samples(y1, rh, h, ph, s, clamp_outside)  # (N, ph, 2s), N = B * R
     xs, wxs = _axis_samples(x1, rw, w, pw, s, clamp_outside)  # (N, pw, 2s)
-    # All 4 s^2 (sample, corner) taps of a bin side by side: (N, ph, pw, 2s, 2s).
-    row = ys * tf.reshape(w, [-1, 1, 1]) + tf.reshape(base, [-1, 1, 1])
-    index = row[:, :, None, :, None] + xs[:, None, :, None, :]
-    weight = wys[:, :, None, :, None] * wxs[:, None, :, None, :] / float(s * s)
-    taps = [-1, ph, pw, 4 * s * s]
-    values = tf.cast(tf.gather(table, tf.reshape(index, taps)), tf.float32)
-    # The bin average as one weighted sum per bin (a batched matmul; reducing the
-    # samples as separate strided axes is several times slower on CPU).
-    pooled = tf.einsum("...k,...kc->...c", tf.reshape(weight, taps), values)
+    pooled = _average_bins(table, tf.reshape(base, [-1]), tf.reshape(w, [-1]), ys, wys, xs, wxs, s)
     out_shape = tf.concat([tf.shape(boxes)[:2], [ph, pw, features[0].shape[-1]]], axis=0)
     pooled = tf.reshape(pooled, out_shape)
     return tf.cast(pooled, dtype)
@@ -190,6 +201,54 @@ def roi_align(features, boxes, output_size=7, spatial_scale: float = 1.0, sampli
     levels = tf.zeros(tf.shape(boxes)[:2], tf.int32)
     return multilevel_roi_align([features], boxes, levels, [spatial_scale], output_size, sampling_ratio, aligned,
                                 clamp_outside)
+
+
+def roi_align_indexed(images, boxes, image_index, output_size=28, sampling_ratio: int = 2,
+                      aligned: bool = False):
+    """RoIAlign where each RoI reads its own map of a stack (torchvision ``roi_align`` with an index column).
+
+    torchvision's ``project_masks_on_boxes`` crops each positive RoI's matched
+    ground-truth mask this way to make Mask R-CNN's targets; unlike
+    :func:`roi_align`, the RoIs of one image may each read a different map.
+
+    Args:
+        images: (N, H, W, C) maps of any dtype (e.g. uint8 masks; the gather
+            reads that dtype, the average is float32).
+        boxes: (R, 4) xyxy in the maps' pixels (spatial scale 1).
+        image_index: (R,) int, the map each RoI reads.
+        output_size: P or (P_h, P_w) bins.
+        sampling_ratio: samples per bin along each axis (static; torchvision's
+            adaptive ``ceil(roi / P)`` has no static shape).
+        aligned: half-pixel-corrected boxes (Detectron2) instead of torchvision v1's convention.
+
+    Returns:
+        (R, P_h, P_w, C) float32.
+
+    Example:
+        >>> masks = tf.ones((2, 8, 8, 1), tf.uint8)
+        >>> roi_align_indexed(masks, [[0., 0, 4, 4]], [1], 2).shape
+        TensorShape([1, 2, 2, 1])
+    """
+    ph, pw = _as_pair(output_size)
+    if int(sampling_ratio) <= 0:
+        raise ValueError(f"sampling_ratio must be a positive int (static sample grid); received {sampling_ratio}.")
+    s = int(sampling_ratio)
+    images = tf.convert_to_tensor(images)
+    boxes = tf.cast(boxes, tf.float32)
+    if images.shape.rank != 4 or boxes.shape.rank != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"roi_align_indexed takes images (N, H, W, C) and boxes (R, 4); received "
+                         f"{images.shape} and {boxes.shape}.")
+    shape = tf.shape(images)
+    height, width = shape[1], shape[2]
+    table = tf.reshape(images, [-1, images.shape[-1]])
+    x1, y1, x2, y2 = tf.unstack(boxes - (0.5 if aligned else 0.0), axis=-1)
+    rw, rh = x2 - x1, y2 - y1
+    if not aligned:  # torchvision: "force malformed ROIs to be 1x1"
+        rw, rh = tf.maximum(rw, 1.0), tf.maximum(rh, 1.0)
+    ys, wys = _axis_samples(y1, rh, tf.fill(tf.shape(y1), height), ph, s)
+    xs, wxs = _axis_samples(x1, rw, tf.fill(tf.shape(x1), width), pw, s)
+    base = tf.cast(image_index, tf.int32) * height * width
+    return _average_bins(table, base, tf.fill(tf.shape(base), width), ys, wys, xs, wxs, s)
 
 
 def _round_half_away(x):

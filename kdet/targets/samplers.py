@@ -132,8 +132,9 @@ class RoITargetSampler:
     Call:
         ``sampler(proposals (B, N, 4), proposal_valid (B, N), gt_boxes (B, M, 4),
         gt_labels (B, M))`` -> dict of (B, S) ``boxes`` (sampled RoIs, xyxy),
-        ``labels`` (class id, -1 background), ``valid``, ``positive`` and
-        (B, S, 4) ``box_targets``.
+        ``labels`` (class id, -1 background), ``valid``, ``positive``,
+        ``gt_index`` (the matched GT row, meaningful where positive; Mask
+        R-CNN reads the GT mask of that row) and (B, S, 4) ``box_targets``.
     """
 
     def __init__(self, foreground_threshold: float = ROI_FOREGROUND_IOU,
@@ -169,5 +170,6 @@ class RoITargetSampler:
         matched_boxes = tf.gather(safe_boxes, gt_index, batch_dims=1)
         labels = tf.where(sample["positive"], tf.gather(safe_labels, gt_index, batch_dims=1), BACKGROUND)
         targets = encode_deltas(matched_boxes, boxes, self.variances)
-        sample.update(boxes=boxes, labels=labels, box_targets=tf.where(sample["positive"][..., None], targets, 0.0))
+        sample.update(boxes=boxes, labels=labels, box_targets=tf.where(sample["positive"][..., None], targets, 0.0),
+                      gt_index=gt_index)
         return sample

@@ -24,6 +24,7 @@ BUILDERS = {
     "yolov3": lambda: kdet.models.YOLOV3(3, backbone="tiny", image_size=128, resize="letterbox"),
     "faster_rcnn": lambda: kdet.models.FasterRCNN(3, backbone="tiny", image_size=128, resize="stretch"),
     "fcos": lambda: _random_fcos(),
+    "mask_rcnn": lambda: kdet.models.MaskRCNN(3, backbone="tiny", image_size=128),
 }
 SERVED = (96, 160)  # the exported models' input: non-square photos
 
@@ -71,6 +72,20 @@ def _matched_fraction(expected, got, k=10):
     return min(fractions)
 
 
+def _mask_difference(expected, got, k=10):
+    """Largest |mask probability| difference over the top-k Keras detections and their matches (same label)."""
+    worst = 0.0
+    for i in range(len(expected["num_detections"])):
+        n, m = min(int(expected["num_detections"][i]), k), int(got["num_detections"][i])
+        overlaps = iou(np.asarray(expected["boxes"][i][:n]), np.asarray(got["boxes"][i][:m])).numpy()
+        for j in range(n):
+            hits = np.nonzero((overlaps[j] >= 0.9) & (np.asarray(got["labels"][i][:m]) == expected["labels"][i][j]))[0]
+            if len(hits):
+                best = hits[np.argmax(overlaps[j][hits])]
+                worst = max(worst, float(np.abs(got["masks"][i][best] - expected["masks"][i][j]).max()))
+    return worst
+
+
 @pytest.mark.parametrize("arch", sorted(BUILDERS))
 def test_tiny_architecture_exports(arch, tmp_path):
     keras.utils.set_random_seed(0)
@@ -92,6 +107,10 @@ def test_tiny_architecture_exports(arch, tmp_path):
     got = run_litert(path, x)
     assert {"boxes", "scores", "labels", "num_detections"} <= set(got)
     assert _matched_fraction(expected, got) >= 0.9
+    if "masks" in expected:  # instance segmentation: the 28x28 masks are in both signatures
+        assert got["masks"].shape == expected["masks"].shape == served["masks"].shape
+        assert _mask_difference(expected, {k: v.numpy() for k, v in served.items()}) <= 1e-4
+        assert _mask_difference(expected, got) <= 1e-3
 
 
 def test_min_max_export_needs_the_served_size(tmp_path):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet.ops.roi import assign_levels, multilevel_roi_align, multilevel_roi_pool, roi_align, roi_pool
+from kdet.ops.roi import (assign_levels, multilevel_roi_align, multilevel_roi_pool, roi_align, roi_align_indexed,
+                          roi_pool)
 
 
 def _bilinear(f, y, x):
@@ -38,10 +39,11 @@ def ref_roi_align(f, box, pooled, scale, ratio, aligned):
     rw, rh = x2 - x1, y2 - y1
     if not aligned:
         rw, rh = max(rw, 1.0), max(rh, 1.0)
-    bh, bw = rh / pooled, rw / pooled
-    out = np.zeros((pooled, pooled, f.shape[-1]))
-    for ph in range(pooled):
-        for pw in range(pooled):
+    pooled_h, pooled_w = (pooled, pooled) if isinstance(pooled, int) else pooled
+    bh, bw = rh / pooled_h, rw / pooled_w
+    out = np.zeros((pooled_h, pooled_w, f.shape[-1]))
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
             acc = 0.0
             for iy in range(ratio):
                 y = y1 + ph * bh + (iy + 0.5) * bh / ratio
@@ -104,6 +106,22 @@ def test_roi_align_matches_reference(aligned, scale, ratio, pooled):
         for r in range(boxes.shape[1]):
             want = ref_roi_align(feats[b].astype(np.float64), boxes[b, r], pooled, scale, ratio, aligned)
             np.testing.assert_allclose(got[b, r], want, atol=1e-5, rtol=1e-5, err_msg=f"{b} {r} {boxes[b, r]}")
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_roi_align_indexed_reads_each_rois_own_map(aligned):
+    """Mask R-CNN's targets: RoI r pools map image_index[r] (uint8 masks read as such, averaged in float32)."""
+    rng = np.random.default_rng(3 + aligned)
+    masks = (rng.uniform(size=(5, 12, 9, 1)) > 0.5).astype(np.uint8)
+    boxes = _random_boxes(rng, 10, 10)
+    index = rng.integers(0, 5, len(boxes))
+    got = roi_align_indexed(tf.constant(masks), boxes, index, (4, 3), 2, aligned).numpy()
+    assert got.shape == (len(boxes), 4, 3, 1) and got.dtype == np.float32
+    for r in range(len(boxes)):
+        want = ref_roi_align(masks[index[r]].astype(np.float64), boxes[r], (4, 3), 1.0, 2, aligned)
+        np.testing.assert_allclose(got[r], want, atol=1e-6, err_msg=f"{r} {boxes[r]}")
+    with pytest.raises(ValueError, match=r"boxes \(R, 4\)"):
+        roi_align_indexed(tf.constant(masks), boxes[None], index, 4)
 
 
 @pytest.mark.parametrize("scale,pooled", [(1.0, 3), (0.25, 7), (0.5, 2), (1 / 3, 4)])

@@ -28,10 +28,10 @@ from kdet.backbones.factory import build_backbone, canonical_name, default_norma
 from kdet.config import SCRATCH_RECIPE, NMSConfig, TrainingRecipe, keras_field
 from kdet.detector import Detector
 from kdet.heads.roi_box import REPRESENTATION_SIZE, roi_box_head
+from kdet.heads.rpn_proposals import generate_proposals
 from kdet.layers.image_preprocessing import boxes_to_network
 from kdet.layers.roi_align import MultiLevelRoIAlign
 from kdet.models.faster_rcnn.network import build_network, pyramid_keys, roi_levels, rpn_anchors, sizes_of_level
-from kdet.models.faster_rcnn.proposals import generate_proposals
 from kdet.models.single_stage import clip_to_valid
 from kdet.ops.box_coder import decode_deltas
 from kdet.ops.boxes import convert_format
@@ -414,6 +414,13 @@ class FasterRCNN(Detector):
         return tf.where(labels >= 0, tf.gather(tf.constant(ids, tf.int32), tf.maximum(labels, 0)), 0)
 
     def compute_losses(self, y, raw, frame):
+        return self.losses_and_sample(y, raw, frame)[0]
+
+    def losses_and_sample(self, y, raw, frame) -> tuple[dict, dict]:
+        """(the four losses, the RoI sample of ``RoITargetSampler`` they were computed on).
+
+        Mask R-CNN adds its mask loss on the same sampled RoIs.
+        """
         gt_boxes, gt_labels = y["boxes"], y["labels"]
         if "proposals" in raw:
             rpn_cls = rpn_box = tf.constant(0.0)
@@ -430,7 +437,7 @@ class FasterRCNN(Detector):
         class_deltas = tf.gather(deltas, target, batch_dims=2)  # (B, S, 4): the GT class's deltas
         box_values = self._box_values(sample["box_targets"], class_deltas)
         roi_box = tf.reduce_sum(box_values * tf.cast(sample["positive"], tf.float32)) / count
-        return {"rpn_cls": rpn_cls, "rpn_box": rpn_box, "roi_cls": roi_cls, "roi_box": roi_box}
+        return {"rpn_cls": rpn_cls, "rpn_box": rpn_box, "roi_cls": roi_cls, "roi_box": roi_box}, sample
 
     def _rpn_losses(self, raw, frame, gt_boxes, gt_labels):
         anchors, _ = self.canvas_anchors(frame["canvas"])

@@ -1,4 +1,4 @@
-"""RPN proposal generation: per-level top-k, decode, clip, drop small boxes, per-level NMS, top-N.
+"""RPN proposal generation (Faster and Mask R-CNN): per-level top-k, decode, clip, small-box removal, NMS, top-N.
 
 Follows torchvision's ``RegionProposalNetwork.filter_proposals`` step by step
 with static shapes: invalid candidates are masked instead of removed and the
