@@ -196,7 +196,7 @@ register(ModelEntry(
 _MASK_RCNN_FILE = "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
 register(ModelEntry(
     name="maskrcnn_resnet50_fpn_coco",
-    builder="kdet.zoo.torchvision:torchvision_mask_rcnn",
+    builder="kdet.zoo.torchvision_mask_rcnn:torchvision_mask_rcnn",
     builder_kwargs={"num_classes": 80},
     description="Mask R-CNN, ResNet-50 FPN (boxes + instance masks), torchvision COCO checkpoint "
                 "(numerically equivalent port)",
@@ -207,7 +207,7 @@ register(ModelEntry(
         sha256=None,  # not published upstream: recorded after the first download
         sha256_prefix="bf2d0c1e",
         size=None,
-        converter="kdet.zoo.torchvision:load_mask_rcnn_pth",
+        converter="kdet.zoo.torchvision_mask_rcnn:load_mask_rcnn_pth",
         classifier=_MASK_RCNN_CLASSIFIER,
     ),
     license=_TORCHVISION_LICENSE,

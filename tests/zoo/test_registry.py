@@ -395,7 +395,7 @@ def test_keras_file_with_head_output_ids_changes_classes(tmp_path):
 _CLASSIFIER_FAMILIES = ("yolov3_darknet53_coco", "yolov3_tiny_coco", "efficientdet_d0_coco",
                         "retinanet_resnet50_fpn_coco", "ssd300_vgg16_coco", "fasterrcnn_resnet50_fpn_coco",
                         "ssdlite320_mobilenet_v3_large_coco", "fasterrcnn_mobilenet_v3_large_fpn_coco",
-                        "fcos_resnet50_fpn_coco")
+                        "fcos_resnet50_fpn_coco", "maskrcnn_resnet50_fpn_coco")
 # torchvision's v2 entries: their own builders (kdet.zoo.torchvision_v2), the same Detector classes and
 # classifier layer names as the v1 families above (not built again here: ~10 s per ResNet-50 build).
 _OWN_BUILDERS = ("retinanet_resnet50_fpn_v2_coco", "fasterrcnn_resnet50_fpn_v2_coco")

@@ -133,9 +133,9 @@ def test_entry_as_registered():
     src = entry.weights
     assert src.url == "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
     assert src.sha256_prefix == "bf2d0c1e" and src.sha256 is None
-    assert src.converter == "kdet.zoo.torchvision:load_mask_rcnn_pth"
+    assert src.converter == "kdet.zoo.torchvision_mask_rcnn:load_mask_rcnn_pth"
     assert src.classifier[-1] == "roi_heads_mask_predictor_mask_fcn_logits"
-    assert entry.builder == "kdet.zoo.torchvision:torchvision_mask_rcnn" and entry.num_classes == 80
+    assert entry.builder == "kdet.zoo.torchvision_mask_rcnn:torchvision_mask_rcnn" and entry.num_classes == 80
     assert entry.metrics == {"coco_box_AP": 37.9, "coco_mask_AP": 34.6}
     assert entry.license.startswith("BSD-3-Clause")
     assert (locate.package_file("__init__.py").parents[1] / entry.model_card).is_file()
