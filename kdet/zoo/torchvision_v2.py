@@ -38,7 +38,8 @@ import numpy as np
 
 from kdet.zoo.coco_classes import COCO_CATEGORY_IDS
 from kdet.zoo.torchvision import (TORCHVISION_COCO_OUTPUTS, _from_pth, apply_key_map, chw_to_hwc_rows,
-                                  class_channels, fpn_key_map, resnet_key_map, select_anchor_channels, select_blocks)
+                                  class_channels, coco_options, fpn_key_map, head_channels, resnet_key_map,
+                                  select_anchor_channels, select_blocks)
 
 # torchvision RetinaNet / GeneralizedRCNNTransform inference settings (retinanet.py, RetinaNet.__init__).
 RETINANET_INFERENCE = dict(score_threshold=0.05, pre_nms_top_k=1000, top_k_per_level=True, nms_iou_threshold=0.5,
@@ -64,14 +65,16 @@ def torchvision_retinanet_v2(num_classes: int = 80, **options):
     P6 from C5, GroupNorm heads, GIoU as the default box loss, torchvision's
     anchors (:func:`kdet.models.retinanet.torchvision_anchor_generator`),
     resize "min_max" (800 / 1333, padded to 32), ImageNet normalisation;
-    inference: score 0.05, 1000 candidates per level, NMS 0.5, 300 detections.
+    inference as the v1 entry (:func:`kdet.zoo.torchvision.torchvision_retinanet`): score 0.05, 1000
+    (anchor, class) pairs per level over all 91 sigmoid outputs (80 classes keep them, read through
+    ``head_output_ids``), NMS 0.5, 300 detections.
     """
     from kdet.models.retinanet import RetinaNet, torchvision_anchor_generator
 
-    options = {**RETINANET_INFERENCE, "resize": "min_max", "extra_from": "input", "head_norm": "group",
-               "box_loss_type": "giou", **options}
+    options = {**RETINANET_INFERENCE, "top_k_rule": "pair", "resize": "min_max", "extra_from": "input",
+               "head_norm": "group", "box_loss_type": "giou", **options}
     options.setdefault("anchor_generator", torchvision_anchor_generator())
-    return RetinaNet(num_classes, backbone="resnet50", **_coco_options(num_classes, options, softmax=False))
+    return RetinaNet(num_classes, backbone="resnet50", **coco_options(num_classes, options))
 
 
 def retinanet_v2_key_map(head_depth: int = HEAD_DEPTH) -> dict[str, tuple[str, str]]:
@@ -90,14 +93,15 @@ def convert_retinanet_v2(model, state_dict: Mapping[str, np.ndarray]):
     """Loads ``retinanet_resnet50_fpn_v2`` weights into a kdet ``RetinaNet`` built by :func:`torchvision_retinanet_v2`.
 
     Args:
-        model: the RetinaNet (80 COCO labels: the 11 unused sigmoid outputs are
-            dropped; or 91 classes: all kept).
+        model: the RetinaNet (80 COCO labels on the 91 outputs through
+            ``head_output_ids``, 91 classes, or 80 outputs: the 11 unused
+            sigmoid outputs dropped).
         state_dict: ``{key: np.ndarray}`` (e.g. :func:`kdet.zoo.pth.load_state_dict`).
 
     Returns:
         ``model``, with its weights set.
     """
-    keep = class_channels(model.num_classes, background=False)
+    keep = head_channels(model, background=False)
     transforms = {"cls_pred": lambda arrays: select_anchor_channels(arrays, TORCHVISION_COCO_OUTPUTS, keep)}
     apply_key_map(model, state_dict, retinanet_v2_key_map(model.config.head_depth), transforms)
     return model
