@@ -23,6 +23,7 @@ EXPECTED = {
     "evaluate.py": ("VOC mAP@0.5: 11-point", []),
     "export_tflite.py": ("LiteRT detections per image", ["retinanet_tiny.tflite"]),
     "finetune_retinanet.py": ("fine-tuned on", []),
+    "segment_instances.py": ("mask AP50", ["masks.png"]),
     "train.py": ("final model: runs/kdet/final.keras", ["runs/kdet/final.keras", "runs/kdet/history.csv"]),
     "train_from_scratch.py": ("held-out AP50", []),
     "visualize.py": ("wrote ./gallery.png", ["gallery.png", "pr_curves.png"]),
