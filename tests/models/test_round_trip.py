@@ -45,7 +45,8 @@ def test_efficientdet(images, tmp_path):
                  bn_momentum=0.8, anchor_scale=3.0, num_scales=2, aspect_ratios=(1.0, 2.0), top_k_per_level=False)
     # automl's inference candidates: each anchor's best class (top_k_rule="best"). The fresh head's
     # outputs tie (prior bias), argmax takes output 0, so output 0 is a label here.
-    follow = dict(COMMON, **{**ANCHOR_CHAIN, "top_k_rule": "best", "head_output_ids": (0, 3)}, **{**MIN_MAX, "size_divisible": 128},
+    best = {**ANCHOR_CHAIN, "top_k_rule": "best", "head_output_ids": (0, 3)}
+    follow = dict(COMMON, **best, **{**MIN_MAX, "size_divisible": 128},
                   backbone="tiny", anchor_generator=pyramid_anchor_generator(3, 7, 2.0, 2, (0.5, 1.0), offset=0.0))
     check_round_trip(EfficientDet, [fixed, follow], images, tmp_path)
 
