@@ -295,12 +295,16 @@ class NMSConfig(DetectorConfig):
     Args:
         score_threshold: detections scoring below this are dropped.
         nms_iou_threshold: IoU above which a lower-scoring box of the same class is suppressed.
-        soft_nms_sigma: > 0 for Gaussian soft-NMS (Bodla et al. 2017) instead of hard NMS.
+        soft_nms_sigma: > 0 for Gaussian soft-NMS (Bodla et al. 2017) instead of hard NMS,
+            in TensorFlow's convention (decay ``exp(-0.5 * iou**2 / sigma)``, half the paper's sigma).
+        class_agnostic: one NMS over all classes per image: a selected box suppresses (or decays)
+            overlapping boxes of every class (automl's ``postprocess_global``), not only its own.
     """
 
     score_threshold: float = 0.05
     nms_iou_threshold: float = 0.5
     soft_nms_sigma: float = 0.0
+    class_agnostic: bool = False
 
     def _validate_shared(self) -> None:
         super()._validate_shared()
@@ -309,6 +313,8 @@ class NMSConfig(DetectorConfig):
         if not float(self.soft_nms_sigma) >= 0:
             raise ValueError(f"soft_nms_sigma must be >= 0; received {self.soft_nms_sigma!r}.")
         self._set("soft_nms_sigma", float(self.soft_nms_sigma))
+        if not isinstance(self.class_agnostic, bool):
+            raise ValueError(f"class_agnostic must be True or False; received {self.class_agnostic!r}.")
 
 
 def field_names(config_class) -> list[str]:

@@ -6,6 +6,7 @@ the chain below is the same for all of them and lives here once:
     network input -> network -> {"box": (B, A, 4), "cls": (B, A, C')}
     training:  AnchorLabelEncoder -> classification loss + box loss / num positives
     inference: AnchorDecoder -> clip to the image -> scores -> top-k -> CombinedNMS -> output dict
+               (``clip_before_nms=False``: clip the NMS output instead, as automl)
 
 ``classification = "sigmoid"`` (focal loss, C' = C) or ``"softmax"`` (background
 class at index 0 added internally, C' = C + 1, hard negative mining at
@@ -60,7 +61,7 @@ def clip_to_valid(boxes, frame):
 
 
 #: What ``pre_nms_top_k`` counts (``SingleStageConfig.top_k_rule``).
-TOP_K_RULES = ("anchor", "pair", "class")
+TOP_K_RULES = ("anchor", "pair", "class", "best")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,8 +83,15 @@ class SingleStageConfig(NMSConfig):
             ``postprocess_detections``: ``topk`` over the flattened per-level
             scores of every head output); "class": each class's best anchors
             (torchvision's SSD ``postprocess_detections``: ``topk_candidates``
-            per class). With ``head_output_ids``, "pair" ranks every head output
-            (as upstream) and keeps the pairs of kdet's labels.
+            per class); "best": each anchor is one candidate, of its best class
+            only (automl's ``topk_class_boxes`` "max_reduce" branch, its
+            inference default ``max_nms_inputs=0``), the ``pre_nms_top_k``
+            best anchors (None: all). With ``head_output_ids``, "pair" and
+            "best" rank every head output (as upstream) and keep kdet's labels.
+        clip_before_nms: clip the decoded boxes to the image before NMS
+            (torchvision), or NMS on the boxes as decoded and clip its output
+            (False: automl's ``postprocess_global``), which changes the IoUs
+            of boxes that cross the image border.
         head_output_ids: the head's output index of each kdet label (e.g.
             torchvision's COCO ids 1..90 for kdet's 80 labels); None: label k
             is output k (k + 1 after a softmax head's background).
@@ -99,6 +107,7 @@ class SingleStageConfig(NMSConfig):
     top_k_per_level: bool = False
     top_k_rule: str = "anchor"
     head_output_ids: tuple[int, ...] | None = None
+    clip_before_nms: bool = True
 
     def validate(self):
         super().validate()
@@ -122,6 +131,8 @@ class SingleStageConfig(NMSConfig):
                 raise ValueError(f"head_output_ids must hold {self.num_classes} distinct non-negative head indices "
                                  f"(one per class); received {len(ids)} values.")
             self._set("head_output_ids", ids)
+        if not isinstance(self.clip_before_nms, bool):
+            raise ValueError(f"clip_before_nms must be True or False; received {self.clip_before_nms!r}.")
 
 
 class SingleStageDetector(Detector):
@@ -160,7 +171,8 @@ class SingleStageDetector(Detector):
         self.decoder = AnchorDecoder(variances=cfg.box_variances, name="anchor_decoder")
         self.nms = CombinedNMS(max_output_size_per_class=cfg.max_detections, max_total_size=cfg.max_detections,
                                iou_threshold=cfg.nms_iou_threshold, score_threshold=cfg.score_threshold,
-                               soft_nms_sigma=cfg.soft_nms_sigma, name="combined_nms")
+                               soft_nms_sigma=cfg.soft_nms_sigma, class_agnostic=cfg.class_agnostic,
+                               name="combined_nms")
 
     # ------------------------------------------------------------ anchors
     @property
@@ -241,12 +253,21 @@ class SingleStageDetector(Detector):
         return labels + 1 if self.classification == "softmax" else labels
 
     def postprocess(self, raw, frame):
-        canvas = frame["canvas"]
-        boxes = clip_to_valid(self.decoder(raw["box"], self.anchors_for(canvas)), frame)
+        boxes = self.decoder(raw["box"], self.anchors_for(frame["canvas"]))
+        if not self.config.clip_before_nms:
+            out = self._candidates_nms(boxes, raw["cls"], frame["canvas"])
+            # Padding rows stay zero boxes: clipping moves no coordinate of (0, 0, 0, 0).
+            return {**out, "boxes": clip_to_valid(out["boxes"], frame)}
+        return self._candidates_nms(clip_to_valid(boxes, frame), raw["cls"], frame["canvas"])
+
+    def _candidates_nms(self, boxes, cls_logits, canvas):
+        """The ``top_k_rule`` candidates of decoded boxes (B, A, 4) -> CombinedNMS's output dict."""
         rule = self.config.top_k_rule
         if rule == "pair" and self.config.pre_nms_top_k is not None:
-            return self.nms(*self._top_pairs(boxes, raw["cls"], canvas))
-        scores = self.class_scores(raw["cls"])
+            return self.nms(*self._top_pairs(boxes, cls_logits, canvas))
+        if rule == "best":
+            return self.nms(*self._best_class(boxes, cls_logits, canvas))
+        scores = self.class_scores(cls_logits)
         if rule == "class":
             return self.nms(boxes, self._top_per_class(scores))
         top = self._pre_nms_indices(tf.reduce_max(scores, axis=-1), canvas)
@@ -254,6 +275,23 @@ class SingleStageDetector(Detector):
             boxes = tf.gather(boxes, top, batch_dims=1)
             scores = tf.gather(scores, top, batch_dims=1)
         return self.nms(boxes, scores)
+
+    def _best_class(self, boxes, cls_logits, canvas):
+        """automl's "max_reduce" candidates: each anchor with its best head output only.
+
+        automl ``postprocess.topk_class_boxes`` (``max_nms_inputs=0``): argmax
+        and max over the class outputs of every anchor. Returns boxes (B, K, 4)
+        and one-hot scores (B, K, C); an anchor whose best output is no kdet
+        label scores 0.
+        """
+        probs, labels = self.head_probabilities(cls_logits)
+        best = tf.argmax(probs, axis=-1, output_type=tf.int32)
+        value = tf.reduce_max(probs, axis=-1)
+        top = self._pre_nms_indices(value, canvas)
+        if top is not None:
+            boxes, best, value = (tf.gather(t, top, batch_dims=1) for t in (boxes, best, value))
+        label = tf.gather(tf.constant(labels, tf.int32), best)
+        return boxes, tf.one_hot(label, self.num_classes) * value[..., None]  # label -1: zeros
 
     def _level_slices(self, canvas) -> list[tuple[int, int]]:
         """(start, count) of each group ``pre_nms_top_k`` applies to: every level, or all anchors."""

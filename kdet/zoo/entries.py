@@ -8,6 +8,7 @@ TensorFlow: builders and converters are import paths resolved on use.
 
 from __future__ import annotations
 
+from kdet.zoo.automl import AUTOML_POSTPROCESS
 from kdet.zoo.registry import ModelEntry, WeightsSource, register
 
 COCO = "kdet.zoo.coco_classes:COCO_CLASSES"
@@ -102,8 +103,9 @@ for _variant, _size, _ap, _ap50, _val in _AUTOML_VARIANTS:
     register(ModelEntry(
         name=f"efficientdet_{_variant}_coco",
         builder="kdet.models.efficientdet:EfficientDet",
-        # automl's inference preprocessing (efficientdet/dataloader.py DetectionInputProcessor): "pad".
-        builder_kwargs={"num_classes": 80, "variant": _variant, "resize": "pad"},
+        # automl's inference preprocessing (efficientdet/dataloader.py DetectionInputProcessor): "pad";
+        # its inference post-processing (tf2/postprocess.py postprocess_global): AUTOML_POSTPROCESS.
+        builder_kwargs={"num_classes": 80, "variant": _variant, "resize": "pad", **AUTOML_POSTPROCESS},
         description=f"EfficientDet-{_variant.upper()}, google/automl COCO checkpoint",
         input_size=(_size, _size),
         class_names=COCO,

@@ -16,12 +16,12 @@ from tests.roundtrip import check_round_trip
 # Settings every variant shares: non-default values of DetectorConfig / NMSConfig fields.
 COMMON = dict(num_classes=2, bounding_box_format="yxyx", class_names=("disc", "square"), precision="bfloat16",
               pixel_scale=1.0 / 128.0, pixel_mean=(0.9, 1.0, 1.1), pixel_std=(0.8, 1.0, 1.2), max_detections=40,
-              score_threshold=0.001, nms_iou_threshold=0.6, soft_nms_sigma=0.3)
+              score_threshold=0.001, nms_iou_threshold=0.6, soft_nms_sigma=0.3, class_agnostic=True)
 # The canvas follows the image: the "min_max" rule and its sizes.
 MIN_MAX = dict(resize="min_max", min_size=96, max_size=160, size_divisible=64)
 ANCHOR_CHAIN = dict(box_variances=(0.1, 0.1, 0.2, 0.2), positive_threshold=0.6, negative_threshold=0.35,
                     allow_low_quality_matches=False, force_match_for_each_gt=True, negative_ratio=2.0,
-                    pre_nms_top_k=300, head_output_ids=(3, 1), top_k_rule="pair")
+                    pre_nms_top_k=300, head_output_ids=(3, 1), top_k_rule="pair", clip_before_nms=False)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,11 @@ def test_efficientdet(images, tmp_path):
     fixed = dict(COMMON, **ANCHOR_CHAIN, backbone="tiny", variant="d1", image_size=(128, 256), resize="pad",
                  min_level=4, max_level=6, fpn_width=24, fpn_depth=1, head_depth=1, weight_method="sum",
                  bn_momentum=0.8, anchor_scale=3.0, num_scales=2, aspect_ratios=(1.0, 2.0), top_k_per_level=False)
-    follow = dict(COMMON, **ANCHOR_CHAIN, **{**MIN_MAX, "size_divisible": 128}, backbone="tiny",
-                  anchor_generator=pyramid_anchor_generator(3, 7, 2.0, 2, (0.5, 1.0), offset=0.0))
+    # automl's inference candidates: each anchor's best class (top_k_rule="best"). The fresh head's
+    # outputs tie (prior bias), argmax takes output 0, so output 0 is a label here.
+    best = {**ANCHOR_CHAIN, "top_k_rule": "best", "head_output_ids": (0, 3)}
+    follow = dict(COMMON, **best, **{**MIN_MAX, "size_divisible": 128},
+                  backbone="tiny", anchor_generator=pyramid_anchor_generator(3, 7, 2.0, 2, (0.5, 1.0), offset=0.0))
     check_round_trip(EfficientDet, [fixed, follow], images, tmp_path)
 
 

@@ -183,7 +183,8 @@ def test_entries_d0_to_d7():
                                      f"efficientdet-{variant}.tar.gz")
         assert entry.weights.archive == "tar" and entry.input_size == (preset["image_size"],) * 2
         assert locate.resolve(entry.weights.converter) is automl.convert_automl_efficientdet
-        assert dict(entry.builder_kwargs) == {"num_classes": 80, "variant": variant, "resize": "pad"}
+        assert dict(entry.builder_kwargs) == {"num_classes": 80, "variant": variant, "resize": "pad",
+                                              **automl.AUTOML_POSTPROCESS}
         assert entry.get_class_names()[0] == "person" and 30 < entry.metrics["coco_box_AP"] < 60
         assert (repo / entry.model_card).is_file()
 

@@ -403,7 +403,8 @@ class FasterRCNN(Detector):
         wh = boxes[..., 2:] - boxes[..., :2]
         scores = tf.where(tf.reduce_all(wh >= cfg.min_box_size, axis=-1), scores, 0.0)
         return combined_nms(boxes, scores, cfg.max_detections, cfg.max_detections, cfg.nms_iou_threshold,
-                            cfg.score_threshold, soft_nms_sigma=cfg.soft_nms_sigma)
+                            cfg.score_threshold, soft_nms_sigma=cfg.soft_nms_sigma,
+                            class_agnostic=cfg.class_agnostic)
 
     # ----------------------------------------------------------- training
     def head_targets(self, labels):

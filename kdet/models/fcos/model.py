@@ -200,7 +200,8 @@ class FCOS(Detector):
         self._set_untracked("_location_cache", {})
         self.nms = CombinedNMS(max_output_size_per_class=cfg.max_detections, max_total_size=cfg.max_detections,
                                iou_threshold=cfg.nms_iou_threshold, score_threshold=cfg.score_threshold,
-                               soft_nms_sigma=cfg.soft_nms_sigma, name="combined_nms")
+                               soft_nms_sigma=cfg.soft_nms_sigma, class_agnostic=cfg.class_agnostic,
+                               name="combined_nms")
         if cfg.fixed_canvas:
             expected = len(self.locations_for(cfg.image_size)[0])
             if self.network.output["cls"].shape[1] != expected:

@@ -173,7 +173,8 @@ class YOLOV3(Detector):
         self.decoder = AnchorDecoder(encoding="yolo", name="anchor_decoder")
         self.nms = CombinedNMS(max_output_size_per_class=cfg.max_detections, max_total_size=cfg.max_detections,
                                iou_threshold=cfg.nms_iou_threshold, score_threshold=cfg.score_threshold,
-                               soft_nms_sigma=cfg.soft_nms_sigma, name="combined_nms")
+                               soft_nms_sigma=cfg.soft_nms_sigma, class_agnostic=cfg.class_agnostic,
+                               name="combined_nms")
 
     def _build_network(self, cfg):
         name = canonical_name(cfg.backbone)
