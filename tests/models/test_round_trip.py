@@ -117,8 +117,10 @@ def test_mask_rcnn(images, tmp_path):
                  mask_roi_output_size=6, mask_roi_sampling_ratio=3, mask_head_widths=(16, 8), mask_predictor_width=12,
                  mask_threshold=0.4)
     fixed = dict(COMMON, **chain, backbone="tiny", image_size=(64, 96), resize="stretch", roi_pooling="pool")
-    follow = dict(COMMON, **MIN_MAX, backbone="tiny", relative_sizes=False, anchor_sizes=(8, 16, 32, 64, 96),
-                  canonical_scale=40.0)
+    # The v2 options of the Faster R-CNN config (BatchNorm FPN on three levels, deep RPN head, 4conv1fc).
+    follow = dict(COMMON, **MIN_MAX, backbone="tiny", relative_sizes=False, fpn_inputs=("P3", "P4", "P5"),
+                  anchor_sizes=((8, 12), (16, 24), (32, 48), (64, 96)), canonical_scale=40.0, fpn_norm="batch",
+                  rpn_head_depth=2, rpn_score_threshold=0.01, box_head="4conv1fc")
     models = check_round_trip(MaskRCNN, [fixed, follow], images, tmp_path)
     assert models[0].predict(images, verbose=0)["masks"].shape == (2, 40, 12, 12)
 

@@ -121,7 +121,8 @@ class MaskRCNN(FasterRCNN):
         cfg = self.config
         # The box branch's level rule and RoIAlign conventions (torchvision uses one MultiScaleRoIAlign
         # class for both; only the output size differs). Mask R-CNN always aligns (never RoIPool).
-        self.mask_roi_pooler = MultiLevelRoIAlign(2, 5, cfg.mask_roi_output_size, cfg.mask_roi_sampling_ratio,
+        k_min, k_max = self.roi_pooler.min_level, self.roi_pooler.max_level
+        self.mask_roi_pooler = MultiLevelRoIAlign(k_min, k_max, cfg.mask_roi_output_size, cfg.mask_roi_sampling_ratio,
                                                   cfg.roi_aligned, "align", self.canonical_scale(),
                                                   cfg.canonical_level, clamp_outside=cfg.roi_clamp_outside,
                                                   name="mask_roi_pool")
@@ -132,7 +133,7 @@ class MaskRCNN(FasterRCNN):
     def mask_logits(self, raw, boxes, head_index, training=False):
         """Mask logits (B, R, 28, 28) of head output ``head_index`` (B, R) for RoIs ``boxes`` (B, R, 4)."""
         boxes = tf.stop_gradient(tf.cast(boxes, tf.float32))
-        pooled = self.mask_roi_pooler([raw[f"P{lvl}"] for lvl in (2, 3, 4, 5)], boxes)
+        pooled = self.mask_roi_pooler([raw[key] for key in self.roi_keys], boxes)
         batch, rois = tf.shape(boxes)[0], tf.shape(boxes)[1]
         flat = tf.reshape(pooled, tf.concat([[-1], tf.shape(pooled)[2:]], axis=0))
         logits = tf.cast(self.mask_head(flat, training=training), tf.float32)   # (B * R, 28, 28, head_classes)
