@@ -26,6 +26,14 @@ BUILDERS = {
     "fcos": lambda: _random_fcos(),
     "mask_rcnn": lambda: kdet.models.MaskRCNN(3, backbone="tiny", image_size=128),
 }
+# The mobile detectors' layers (MobileNetV3-Large, SSDLite heads, the MobileNetV3 FPN) at 128 px: slow
+# (MobileNetV3 conversion), so `make test-all`; the full-size entries: benchmarks/mobile_export.py.
+MOBILE = {
+    "ssdlite_mobilenet_v3": lambda: kdet.models.SSD(3, backbone="mobilenet_v3_large", image_size=128,
+                                                    head_block="depthwise_bn"),
+    "faster_rcnn_mobilenet_v3": lambda: kdet.models.FasterRCNN(3, backbone="mobilenet_v3_large", image_size=128),
+}
+BUILDERS.update(MOBILE)
 SERVED = (96, 160)  # the exported models' input: non-square photos
 
 
@@ -86,7 +94,8 @@ def _mask_difference(expected, got, k=10):
     return worst
 
 
-@pytest.mark.parametrize("arch", sorted(BUILDERS))
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in MOBILE else a
+                                  for a in sorted(BUILDERS)])
 def test_tiny_architecture_exports(arch, tmp_path):
     keras.utils.set_random_seed(0)
     model = BUILDERS[arch]()

@@ -100,7 +100,6 @@ def test_mixed_precision_train_and_predict():
     (dict(backbone="resnet"), "Unknown backbone 'resnet'"),
     (dict(aspect_ratios=((2,),)), "aspect_ratios has 1 levels but the network has 5"),
     (dict(anchor_scales=(0.1, 0.2)), "scales needs 6 values"),
-    (dict(image_size=(128, 96)), "one step per level"),
     (dict(head_depth=-1), "head_depth must be a non-negative integer"),
 ])
 def test_bad_arguments(kwargs, message):
@@ -118,3 +117,13 @@ def test_tiny_ssd_generalises_to_held_out_images():
 @pytest.mark.slow
 def test_ssd300_training_step():
     checks.check_one_finite_epoch(lambda: SSD(20, backbone="vgg16", image_size=300), 300)
+
+
+def test_non_square_canvas_spaces_default_boxes_per_axis():
+    """Without steps, default boxes are spaced by canvas / feature size on each axis (torchvision)."""
+    model = SSD(3, backbone="tiny", image_size=(128, 96))
+    anchors = np.asarray(model.anchors)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    assert 0 < centres[:, 0].min() and centres[:, 0].max() < 96
+    assert 0 < centres[:, 1].min() and centres[:, 1].max() < 128
+    assert centres[:, 1].max() - centres[:, 1].min() > centres[:, 0].max() - centres[:, 0].min()
