@@ -12,6 +12,7 @@ Add an architecture with one line in ``CONFIGS``. Run:
     python benchmarks/train_synthetic.py                      # every configuration, the bar protocol
     python benchmarks/train_synthetic.py retinanet_tiny --epochs 30
     python benchmarks/train_synthetic.py --epochs 10          # a smaller budget (said on the page)
+    python benchmarks/train_synthetic.py --difficulty hard --train-seed 1   # the harder data
     python benchmarks/train_synthetic.py --quick              # 1 epoch on 8 images (CI, no fragment)
 
 Writes ``docs/benchmarks/learning.md`` and ``learning.json`` beside it.
@@ -32,29 +33,41 @@ from _common import _models, machine_summary, markdown_table, publish, target  #
 # The generalisation bar of the architecture issues (the protocol and the AP50 it must reach).
 BAR = {"train_images": 200, "test_images": 100, "epochs": 30, "batch_size": 8, "AP50": 0.5}
 
-# name -> builder of an uncompiled detector taking raw 128-px images (one line per configuration).
+# name -> builder of an uncompiled detector for `num_classes` classes taking raw 128-px images
+# (one line per configuration).
 CONFIGS = {
-    "retinanet_tiny": lambda: _models().RetinaNet(3, backbone="tiny", image_size=128),
-    "efficientdet_tiny": lambda: _models().EfficientDet(3, backbone="tiny", image_size=128),
-    "ssd_tiny": lambda: _models().SSD(3, backbone="tiny", image_size=128),
-    "yolov3_tiny": lambda: _models().YOLOV3(3, backbone="tiny", image_size=128),
-    "faster_rcnn_tiny": lambda: _models().FasterRCNN(3, backbone="tiny", image_size=128),
-    "fcos_tiny": lambda: _models().FCOS(3, backbone="tiny", image_size=128),
+    "retinanet_tiny": lambda num_classes: _models().RetinaNet(num_classes, backbone="tiny", image_size=128),
+    "efficientdet_tiny": lambda num_classes: _models().EfficientDet(num_classes, backbone="tiny", image_size=128),
+    "ssd_tiny": lambda num_classes: _models().SSD(num_classes, backbone="tiny", image_size=128),
+    "yolov3_tiny": lambda num_classes: _models().YOLOV3(num_classes, backbone="tiny", image_size=128),
+    "faster_rcnn_tiny": lambda num_classes: _models().FasterRCNN(num_classes, backbone="tiny", image_size=128),
+    "fcos_tiny": lambda num_classes: _models().FCOS(num_classes, backbone="tiny", image_size=128),
 }
 
 
 def run(name: str, train_images: int = 200, test_images: int = 100, epochs: int = 30, batch_size: int = 8,
-        seed: int = 0, verbose: int = 0) -> dict:
-    """Trains configuration ``name`` and returns its held-out COCO numbers and timings."""
+        seed: int = 0, verbose: int = 0, train_seed: int | None = None, difficulty: str = "standard") -> dict:
+    """Trains configuration ``name`` and returns its held-out COCO numbers and timings.
+
+    Args:
+        seed: seed of the synthetic data (train and test splits), and of
+            training when ``train_seed`` is None.
+        train_seed: seed of ``keras.utils.set_random_seed`` before the model is
+            built: weight initialisation, shuffling and ``compile()``'s
+            augmentation draws.
+        difficulty: of the synthetic data, "standard" (the bar) or "hard"
+            (``kdet.data.synthetic.DIFFICULTIES``).
+    """
     import keras
 
     from kdet.data import synthetic_arrays
+    from kdet.data.synthetic import DIFFICULTIES
     from kdet.metrics import coco_map
 
-    keras.utils.set_random_seed(seed)
-    x_train, y_train = synthetic_arrays(train_images, 128, seed=seed, split="train")
-    x_test, y_test = synthetic_arrays(test_images, 128, seed=seed, split="test")
-    model = CONFIGS[name]()
+    x_train, y_train = synthetic_arrays(train_images, 128, seed=seed, split="train", difficulty=difficulty)
+    x_test, y_test = synthetic_arrays(test_images, 128, seed=seed, split="test", difficulty=difficulty)
+    keras.utils.set_random_seed(seed if train_seed is None else train_seed)
+    model = CONFIGS[name](DIFFICULTIES[difficulty]["num_classes"])
     model.compile()
     start = time.perf_counter()
     model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose)
@@ -63,7 +76,9 @@ def run(name: str, train_images: int = 200, test_images: int = 100, epochs: int 
     pred = model.predict(x_test, batch_size=32, verbose=0)
     predict_s = time.perf_counter() - start
     metrics = coco_map(y_test, pred)
-    return {"name": name, "params": model.count_params(), "train_images": train_images, "epochs": epochs,
+    return {"name": name, "difficulty": difficulty, "seed": seed,
+            "train_seed": seed if train_seed is None else train_seed,
+            "params": model.count_params(), "train_images": train_images, "epochs": epochs,
             "train_s": train_s, "predict_ms_per_image": 1e3 * predict_s / test_images,
             "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"]}
 
@@ -106,7 +121,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help=f"default {BAR['epochs']} (the bar)")
     parser.add_argument("--train-images", type=int, default=None, help=f"default {BAR['train_images']}")
     parser.add_argument("--test-images", type=int, default=None, help=f"default {BAR['test_images']}")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data (and of training by default)")
+    parser.add_argument("--train-seed", type=int, default=None, help="seed of initialisation and shuffling")
+    parser.add_argument("--difficulty", default="standard", help="synthetic data: standard (the bar) or hard")
     parser.add_argument("--out", help="markdown fragment (default docs/benchmarks/learning.md; none for --quick)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -118,7 +135,8 @@ def main(argv=None) -> int:
         (args.epochs, args.train_images, args.test_images), quick))
     runs = []
     for name in args.configs:
-        result = run(name, train_images, test_images, epochs, BAR["batch_size"], seed=args.seed)
+        result = run(name, train_images, test_images, epochs, BAR["batch_size"], seed=args.seed,
+                     train_seed=args.train_seed, difficulty=args.difficulty)
         print(f"{name}: AP50 {result['AP50']:.3f} AP {result['AP']:.3f} in {result['train_s']:.0f} s", flush=True)
         runs.append(result)
     return publish(report(runs), args.out, args.quick, "learning.md", start, results(runs))

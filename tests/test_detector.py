@@ -21,7 +21,8 @@ def trained():
     keras.utils.set_random_seed(0)
     x, y = synthetic_arrays(8, 128, seed=0)
     model = TinyAnchorDetector()
-    model.compile(evaluate_coco=False)
+    # Memorisation: flips only (the default's scale and colour jitter are for generalising).
+    model.compile(evaluate_coco=False, augment="flip")
     history = model.fit(x, y, batch_size=8, epochs=100, verbose=0)
     return model, x, y, history
 
@@ -197,3 +198,24 @@ def test_evaluate_reports_coco_map_and_compile_after_load(trained, tmp_path):
     expected = coco_map(y, restored.predict(x, verbose=0))["AP"]
     assert abs(results["coco_map"] - expected) < 1e-6 and expected > 0.5
     assert {"loss", "cls_loss", "box_loss"} <= set(results)
+
+
+def test_compile_augmentation_presets():
+    from kdet.data.augment import Augmenter
+    from kdet.detector import AUGMENT_PRESETS, DEFAULT_AUGMENT
+
+    model = TinyAnchorDetector()
+    model.compile(evaluate_coco=False)
+    assert DEFAULT_AUGMENT == "standard" and isinstance(model._augmenter, Augmenter)
+    zoom = [layer for _, layer in model._augmenter._geometric if isinstance(layer, keras.layers.RandomZoom)]
+    assert len(zoom) == 1 and len(model._augmenter._colour) == 4  # scale jitter and colour jitter
+    model.compile(evaluate_coco=False, augment="flip")
+    assert len(model._augmenter._geometric) == 1 and not model._augmenter._colour
+    model.compile(evaluate_coco=False, augment=None)
+    assert model._augmenter is None
+    with pytest.raises(ValueError, match="augment must be one of"):
+        model.compile(augment="mosaic")
+    # The default keeps every box on its pixels (Augmenter's box-exact checks live in tests/data).
+    x, y = synthetic_arrays(4, 64, seed=3)
+    images, targets = Augmenter(**AUGMENT_PRESETS["standard"])(x, y)
+    assert images.shape == x.shape and targets["boxes"].shape == y["boxes"].shape

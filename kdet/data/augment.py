@@ -194,10 +194,11 @@ class Augmenter:
         for kind, layer in self._geometric:
             images, t = self._apply_geometric(kind, layer, images, t)
         for layer in self._colour:
-            images = layer(images, training=True)
+            # Keras layers compute in the global policy's dtype (float16 under mixed precision).
+            images = tf.cast(layer(images, training=True), tf.float32)
         if self.gamma is not None:
             images = self._apply_gamma(images)
-        images = tf.clip_by_value(images, 0.0, 255.0)
+        images = tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0)
         shape = tf.shape(images)
         t["boxes"] = convert_format(t["boxes"], "xyxy", self.bounding_box_format, height=shape[1], width=shape[2])
         return images, t

@@ -70,3 +70,38 @@ def test_masks_are_the_drawn_pixels_and_change_nothing_else():
     ds = synthetic("train", num_images=3, image_size=32, batch_size=2, masks=True)
     batch = next(iter(ds))[1]
     assert batch["masks"].shape == (2, 3, 32, 32) and batch["masks"].dtype == np.uint8
+
+
+def test_standard_difficulty_is_the_default_data():
+    a, ya = synthetic_arrays(6, 64, seed=4)
+    b, yb = synthetic_arrays(6, 64, seed=4, difficulty="standard", num_classes=3, max_objects=3,
+                             min_size=0.15, max_size=0.5, contrast=(80, 255), distractors=0)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ya["boxes"], yb["boxes"])
+
+
+def test_hard_difficulty_has_more_smaller_fainter_objects_and_distractors():
+    images, y = synthetic_arrays(40, 128, seed=0, difficulty="hard", masks=True)
+    labels, boxes = y["labels"], y["boxes"]
+    assert labels.shape == (40, 8) and labels.max() == 4 and (labels >= 0).sum(1).max() > 3
+    sides = np.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])[labels >= 0]
+    assert sides.max() <= 0.3 * 128 * np.sqrt(2) + 1  # side * sqrt(aspect) with aspect <= 2
+    assert np.median(sides) < 30
+    for image, mask_set, label_row in zip(images, y["masks"], labels):
+        # Each object's colour is 40..100 (+ rounding) away from the background, in its largest channel.
+        background = np.median(image[mask_set.sum(0) == 0].reshape(-1, 3), axis=0)
+        for mask in mask_set[label_row >= 0]:
+            colour = image[mask == 1][0].astype(float)
+            assert 25 <= np.abs(colour - background).max() <= 100 + 40  # the background is noisy (std 12)
+    # Distractors: many unlabelled pixels far from the background colour outside every object.
+    plain, _ = synthetic_arrays(40, 128, seed=0, difficulty="hard", distractors=0)
+    assert not np.array_equal(plain, images)
+
+
+def test_difficulty_errors():
+    with pytest.raises(ValueError, match="difficulty"):
+        synthetic_arrays(2, 32, difficulty="extreme")
+    with pytest.raises(ValueError, match="contrast"):
+        synthetic_arrays(2, 32, contrast=(90, 50))
+    with pytest.raises(ValueError, match="distractors"):
+        synthetic_arrays(2, 32, distractors=-1)
