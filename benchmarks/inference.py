@@ -112,13 +112,13 @@ def pair_rows(image_size: int, batches, repeats: int, quick: bool):
 
 
 def arch_rows(tiny: bool, batch: int, repeats: int, timed: bool = True, names=None):
-    """Per architecture: input size, parameters, GFLOPs/image, XLA images/s at ``batch`` (if ``timed``)."""
+    """Per architecture: input, parameters, GFLOPs/image, default path, its images/s at ``batch`` (if ``timed``)."""
     rows = []
     for run in architecture_runs(tiny, batch, repeats, names=names, timed=timed):
         if "skipped" in run:
-            rows.append((run["name"], "-", "-", "-", run["skipped"]))
+            rows.append((run["name"], "-", "-", "-", "-", run["skipped"]))
         else:
-            rows.append((run["name"], run["input"], f"{run['params']:,}", run["gflops_per_image"],
+            rows.append((run["name"], run["input"], f"{run['params']:,}", run["gflops_per_image"], run["path"],
                          run.get("images_per_s", "not timed (--quick)")))
     return rows
 
@@ -144,18 +144,19 @@ def main(argv=None) -> int:
             + markdown_table(("batch", "mode", "kdet img/s", "keras-cv img/s", "kdet / keras-cv"), rows))
     text += "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     if args.skip_archs:
-        text += ("\nEvery kdet architecture alone (parameters, GFLOPs, img/s at default size, XLA): see the hardware "
-                 "section, which times each at batch 8 (`benchmarks/hardware.py`; `run_all.py` skips the batch-1 "
-                 "table here so each architecture is XLA-compiled once per run).\n")
+        text += ("\nEvery kdet architecture alone (parameters, GFLOPs, img/s at default size on its default path "
+                 "and the other paths): see the hardware section, which times each at batch 8 "
+                 "(`benchmarks/hardware.py`; `run_all.py` skips the batch-1 table here so each architecture is "
+                 "built and compiled once per run).\n")
     else:
         # --quick keeps CI short: two tiny architectures, FLOPs and parameters only.
         names = list(ARCHS)[:2] if args.quick else None
         arch = arch_rows(args.quick, 1, repeats, timed=not args.quick, names=names)
         text += ("\n### Inference: every kdet architecture alone "
-                 f"({'tiny configurations' if args.quick else 'default sizes'}, batch 1, XLA)\n\n"
+                 f"({'tiny configurations' if args.quick else 'default sizes'}, batch 1, default path)\n\n"
                  "GFLOPs per image from `tf.compat.v1.profiler` float_operation on the traced inference "
-                 "graph (2 FLOPs per multiply-add).\n\n"
-                 + markdown_table(("architecture", "input", "parameters", "GFLOPs/img", "img/s"), arch))
+                 "graph (2 FLOPs per multiply-add); the path is `model.inference_compiler()`, what `predict` runs.\n\n"
+                 + markdown_table(("architecture", "input", "parameters", "GFLOPs/img", "path", "img/s"), arch))
     return publish(text, args.out, args.quick, "inference.md", start, results(rows, f"{pair}, {size} px"))
 
 

@@ -34,7 +34,7 @@ def test_training_quick():
 def test_hardware_quick(tmp_path):
     fragment = tmp_path / "hw.md"
     out = run_quick("hardware.py", "--out", str(fragment))
-    assert "% of peak" in out and "Peak:" in out
+    assert "default % of peak" in out and "Peaks (" in out and "| graph bfloat16 img/s |" in out
     assert fragment.read_text().startswith("### Hardware limit")
 
 
