@@ -529,7 +529,7 @@ class Detector(keras.Model):
             if bar is not None:
                 bar.update(step + 1)
         if not parts:
-            raise ValueError("predict received no data (an empty dataset or batch).")
+            raise ValueError("predict received no data: an empty batch or an empty dataset; expected at least one image.")
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _array_batches(self, x, batch_size):

@@ -393,25 +393,3 @@ def soft_nms(scores, boxes, per_class, score_threshold, sigma, cap, size, agnost
         tf.reduce_all(exact), lambda: buf,
         lambda: _soft_loop(_all_candidates(scores, boxes, per_class), score_threshold,
                            sigma, cap, size, num_classes, agnostic))
-
-
-def keep_by_overlap(overlap, valid, threshold, greedy_rule):
-    """Keep mask of candidates sorted best first, given their overlap matrix.
-
-    ``overlap`` (B, N, N): row i holds candidate i's overlap with every
-    candidate; ``valid`` (B, N) bool. With ``greedy_rule``, the greedy
-    selection of :func:`greedy` (a candidate is dropped by an earlier *kept*
-    one); otherwise one step (dropped by any earlier valid one). Returns
-    ``{"keep": (B, N) bool}``.
-    """
-    batch, n = tf.shape(valid)[0], tf.shape(valid)[1]
-    pos = tf.range(n)
-    hits = overlap > threshold
-    if not greedy_rule:
-        earlier = pos[:, None] < pos[None, :]
-        return {"keep": valid & ~tf.reduce_any(valid[:, :, None] & earlier[None] & hits, axis=1)}
-    # Scores -position: the best live candidate is the first one left.
-    live = tf.where(valid, -tf.cast(pos, tf.float32)[None], -np.inf)
-    sel, _, _ = greedy(live, lambda j: tf.gather(hits, j, batch_dims=1), None,
-                       tf.zeros([batch], tf.int32), None, 0, n)
-    return {"keep": tf.reduce_any(tf.one_hot(sel, n, on_value=True, off_value=False), axis=1)}

@@ -286,9 +286,10 @@ def suppress_by_overlap(overlap, valid, overlap_threshold: float, greedy: bool =
     """NMS keep mask from a precomputed overlap matrix of score-sorted candidates.
 
     For callers with their own overlap measure (e.g. MTCNN's intersection over
-    the smaller area) or candidates already sorted; the selection is the same
-    greedy loop as :func:`combined_nms`'s. Candidate i suppresses j when
-    ``overlap[b, i, j] > overlap_threshold``.
+    the smaller area) or candidates already sorted: the checked front of
+    :mod:`kdet.ops.suppression` (``ranked_conflicts`` + ``greedy_keep`` /
+    ``any_higher_keep``), kdet's one greedy suppression over an overlap matrix.
+    Candidate i suppresses j when ``overlap[b, i, j] > overlap_threshold``.
 
     Args:
         overlap: (B, N, N) overlaps of candidates sorted best first (row i:
@@ -322,6 +323,8 @@ def suppress_by_overlap(overlap, valid, overlap_threshold: float, greedy: bool =
             or not overlap.shape[:1].is_compatible_with(valid.shape[:1])):
         raise ValueError(f"overlap must have shape (batch, N, N) and valid (batch, N); received "
                          f"{overlap.shape} and {valid.shape}.")
+    from kdet.ops.suppression import any_higher_keep, greedy_keep, ranked_conflicts
+
     with tf.name_scope("suppress_by_overlap"):
-        return _run(core.keep_by_overlap, ("keep",), overlap, valid, threshold,
-                    bool(greedy))["keep"]
+        conflicts = ranked_conflicts(overlap, threshold)
+        return greedy_keep(conflicts, valid) if greedy else any_higher_keep(conflicts, valid)

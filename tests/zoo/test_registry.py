@@ -398,7 +398,7 @@ def test_registered_classifier_layers_are_exactly_the_class_dependent_ones(name)
     source, target = build.build(entry), build.build(entry, num_classes=3)
     fresh = transfer.transfer_all_but_classifier(source, target, classifier)
     assert {path.split("/")[-2] for path in fresh} == set(classifier)
-    declared = getattr(type(source), "classifier_layers", None)
+    declared = getattr(source, "classifier_layers", None)  # a property on some classes
     if declared is not None:  # the Detector subclasses' own names agree with the zoo's
         assert set(declared) == set(classifier)
     with pytest.raises(ValueError, match="Cannot change the number of classes"):
