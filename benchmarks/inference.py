@@ -4,6 +4,7 @@ Usage:
     python benchmarks/inference.py            # full run, writes docs/benchmarks/inference.md
     python benchmarks/inference.py --quick    # tiny models, seconds (CI runs it)
     python benchmarks/inference.py --out PATH
+    python benchmarks/inference.py --skip-archs --batches 1 --repeats 2   # a shorter peer comparison
 
 Peers (full mode), all ResNet-50-FPN RetinaNets, random-initialised, 80
 classes, built from their classes offline (no preset, no download):
@@ -179,9 +180,15 @@ def main(argv=None) -> int:
     parser = bench_parser(__doc__, "inference.md", "tiny models, runs in seconds")
     parser.add_argument("--skip-archs", action="store_true",
                         help="only the kdet vs peers pair (run_all.py: hardware.py times every architecture)")
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help="batch sizes of the peer comparison (default 1 8; --quick: 1)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     size, batches = (128, (1,)) if args.quick else (512, (1, 8))
+    if args.batches:
+        if min(args.batches) < 1:
+            raise ValueError(f"--batches must be positive batch sizes; received {args.batches}.")
+        batches = tuple(args.batches)
     # 3 timed rounds to fit `make bench`'s budget: a ResNet-50 batch of 8 takes seconds per call and library on
     # 2 shared cores; the rounds are round-robin, so load drift hits every library alike.
     repeats = args.repeats or (1 if args.quick else 3)
@@ -189,7 +196,8 @@ def main(argv=None) -> int:
     pair = ("tiny kdet RetinaNet vs small ResNet V1 peers (quick mode)" if args.quick
             else "ResNet-50-FPN, 80 classes")
     text = (f"### Inference: kdet RetinaNet vs keras-cv and keras-hub RetinaNet ({pair}, {size}x{size})\n\n"
-            f"`python benchmarks/inference.py{' --quick' if args.quick else ''}`; all random-initialised, raw "
+            f"`python benchmarks/inference.py{' --quick' if args.quick else ''}"
+            f"{' --batches ' + ' '.join(map(str, batches)) if args.batches else ''}`; all random-initialised, raw "
             f"pixels in, normalisation + decoding + NMS included; median of {repeats} round-robin runs in one "
             f"process. **default** is what each library's `predict` runs on this CPU without arguments; **XLA** "
             f"is `jit_compile=True`. Parameters: "
