@@ -78,14 +78,14 @@ def gflops(model, batch: int = 1) -> float:
 
 
 def architecture_runs(tiny: bool, batch: int, repeats: int, names=None, timed: bool = True) -> Iterator[dict]:
-    """Each kdet architecture in turn, XLA-compiled inference at ``batch`` on random pixels.
+    """Each kdet architecture in turn, inference at ``batch`` on random pixels on its default path.
 
-    Yields ``{"name", "input", "params", "gflops_per_image", "ms", "images_per_s"}`` (the last two only if
-    ``timed``), or ``{"name", "skipped": reason}``; every model is built with seed 0 and freed before the next.
+    The default path is what ``predict`` runs (``model.infer``: ``inference_compiler()``, graph or XLA).
+    Yields ``{"name", "input", "params", "gflops_per_image", "path", "ms", "images_per_s"}`` (the last two only
+    if ``timed``), or ``{"name", "skipped": reason}``; every model is built with seed 0 and freed before the next.
     """
     import keras
     import numpy as np
-    import tensorflow as tf
 
     for name in names or ARCHS:
         keras.utils.set_random_seed(0)
@@ -97,13 +97,11 @@ def architecture_runs(tiny: bool, batch: int, repeats: int, names=None, timed: b
             continue
         h, w = input_hw(model)
         run = {"name": label, "input": f"{h}x{w}", "params": model.count_params(),
-               "gflops_per_image": gflops(model, 1)}
+               "gflops_per_image": gflops(model, 1), "path": model.inference_compiler()}
         if timed:
-            fn = tf.function(lambda x, m=model: m(x, training=False), jit_compile=True)
-            x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, h, w, 3)), tf.float32)
-            run["ms"] = median_ms(lambda: fn(x), repeats=repeats, warmup=1)
+            x = np.random.default_rng(0).uniform(0, 255, (batch, h, w, 3)).astype(np.float32)
+            run["ms"] = median_ms(lambda m=model: m.infer(x), repeats=repeats, warmup=1)
             run["images_per_s"] = 1e3 * batch / run["ms"]
-            del fn
         print(f"{label}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                                       for k, v in run.items() if k != "name"), flush=True)
         yield run

@@ -42,6 +42,7 @@ SCRIPTS = (
     ("inference.py", "inference.md", "Inference: kdet vs keras-cv RetinaNet; every architecture"),
     ("training.py", "training.md", "Training speed and learning: kdet vs keras-cv RetinaNet"),
     ("hardware.py", "hardware.md", "Share of peak matmul throughput"),
+    ("precision.py", "precision.md", "Low precision: bfloat16 vs float32, OpenCV DNN, LiteRT int8"),
     ("train_synthetic.py", "learning.md", "Learning of every tiny configuration on synthetic data"),
     ("mtcnn.py", "mtcnn.md", "MTCNN vs the mtcnn package vs OpenCV Haar"),
     ("export.py", "export.md", "LiteRT size and latency"),
@@ -54,7 +55,7 @@ FULL_ARGS = {"inference.py": ["--skip-archs"]}
 # ~8 min on a quiet 2-core machine (~20 loaded) and would push the page past ~25 min, so the page trains 10
 # (~3 min) and says so; the slow tests (`make test-all`) and `--learning-epochs 30` measure the bar itself.
 LEARNING_EPOCHS = 10
-LIBRARIES = ("tensorflow", "keras", "keras_cv", "numpy", "ai_edge_litert", "mtcnn", "cv2", "pycocotools", "kdet")
+LIBRARIES = ("tensorflow", "keras", "keras_cv", "keras_hub", "numpy", "ai_edge_litert", "mtcnn", "cv2", "pycocotools", "kdet")
 
 
 def machine() -> dict:

@@ -22,7 +22,7 @@ def run_quick(script: str, *extra: str) -> str:
 
 def test_inference_quick():
     out = run_quick("inference.py")
-    assert "| batch | mode | kdet img/s | keras-cv img/s | kdet / keras-cv |" in out
+    assert "| batch | mode | kdet img/s | keras-cv img/s | keras-hub img/s | kdet / keras-cv | kdet / keras-hub |" in out
     assert "GFLOPs/img" in out
 
 
@@ -34,7 +34,7 @@ def test_training_quick():
 def test_hardware_quick(tmp_path):
     fragment = tmp_path / "hw.md"
     out = run_quick("hardware.py", "--out", str(fragment))
-    assert "% of peak" in out and "Peak:" in out
+    assert "default % of peak" in out and "Peaks (" in out and "| graph bfloat16 img/s |" in out
     assert fragment.read_text().startswith("### Hardware limit")
 
 
@@ -123,3 +123,14 @@ def test_publish_writes_results_beside_fragment(tmp_path):
     data = json.loads((tmp_path / "x.json").read_text())
     assert data["targets"] == [{"target": "t", "measured": "m", "met": False}]
     assert data["quick"] is True and data["seconds"] >= 0 and len(data["load_average"]) == 3
+
+
+@pytest.mark.slow  # ~1-2 min: OpenCV's Darknet importer and a calibrated int8 LiteRT export of yolov3-tiny
+def test_precision_quick(tmp_path):
+    out = run_quick("precision.py", "--out", str(tmp_path / "precision.md"))
+    assert "| kernel | dtype | compiler | GFLOP/s |" in out and "| bfloat16 | XLA |" in out
+    assert "| model | batch | kdet bf16 img/s | kdet f32 img/s | OpenCV img/s |" in out
+    assert "| runtime | ms / image | speed vs kdet bf16 |" in out and "LiteRT int8" in out
+    results = json.loads((tmp_path / "precision.json").read_text())
+    assert results["targets"][0]["target"].startswith("bfloat16 >= 1.5x OpenCV DNN")
+    assert [row[1] for row in results["darknet"]] == [1, 8]  # single image and a batch of 8

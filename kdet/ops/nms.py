@@ -69,6 +69,7 @@ from kdet.validation import check_positive_int, check_probability
 
 # Buffer fields that combined_nms returns.
 _OUTPUTS = ("orig", "scores", "classes", "count")
+SINGLE_CALL = True
 
 
 def _compiled(kernel, keys: tuple, settings: tuple):
@@ -102,6 +103,8 @@ def _run(kernel, keys, a, b, *settings):
         return _compiled(kernel, keys, settings)(a, b)
     if settings[-1]:  # pre_nms_top_k: one ordered round
         return _compiled(core.hard_rounds, keys, settings)(a, b)
+    if SINGLE_CALL:
+        return _compiled(core.hard_nms, keys, settings)(a, b)
     out = _compiled(core.hard_few, keys + ("complete",), settings[:-1])(a, b)
     complete = out.pop("complete")
     return tf.cond(complete, lambda: out,

@@ -195,3 +195,54 @@ def test_suppress_by_overlap_bad_inputs():
         suppress_by_overlap(np.zeros((1, 3, 4)), np.ones((1, 3), bool), 0.5)
     with pytest.raises(ValueError, match="overlap_threshold"):
         suppress_by_overlap(np.zeros((1, 3, 3)), np.ones((1, 3), bool), float("nan"))
+
+
+def test_many_rows_few_candidates_match_tf():
+    # Over ALL_ROWS boxes, at the default sizes, the one-round path picks the
+    # candidate rows with a top-k: few candidates spread over the rows, an
+    # empty image, tied scores, and images at and just past ROUND_SIZE
+    # candidate rows.
+    num_rows = 3000
+    assert num_rows > core.ALL_ROWS
+    rng = np.random.default_rng(12)
+    boxes, scores = sparse_case(rng, 3, num_rows, 20, objects=8)
+    scores[1] = np.minimum(scores[1], 0.05)  # image 1: no candidate
+    # Image 2: every candidate tied, on disjoint boxes (TensorFlow breaks ties
+    # among overlapping boxes arbitrarily; disjoint ones fix the set).
+    scores[2] = np.where(scores[2] > 0.05, 0.5, scores[2])
+    boxes[2, :, 2:] = boxes[2, :, :2] + 1.0
+    boxes[2] += np.arange(num_rows, dtype=np.float32)[:, None] * 100.0
+    args = (100, 100, 0.5, 0.05)
+    want = tf_combined(boxes, scores, *args)
+    assert want["num_detections"][0] > 5 and want["num_detections"][2] > 5
+    for mode, got in run_modes(boxes, scores, *args, modes=("eager", "graph", "xla")).items():
+        assert_same_detections(got, want), mode
+    # One class, candidate rows exactly ROUND_SIZE and one more: both sides
+    # of the switch from the one-round path to the ordered rounds.
+    for count in (core.ROUND_SIZE, core.ROUND_SIZE + 1):
+        one = np.full((1, num_rows, 1), 0.01, np.float32)
+        chosen = rng.choice(num_rows, count, replace=False)
+        one[0, chosen, 0] = rng.uniform(0.1, 1.0, count)
+        want = tf_combined(boxes[:1], one, *args)
+        for mode, got in run_modes(boxes[:1], one, *args, modes=("graph", "xla")).items():
+            assert_same_detections(got, want), (mode, count)
+
+
+def test_many_rows_tied_overlapping_pair_lowest_flat_index_wins():
+    # Two overlapping boxes with the same score, far apart in a many-row
+    # input (rows 127 and 2900): the lower flat index must be kept, as on the
+    # small-input paths.
+    boxes = np.tile(np.array([[500, 500, 510, 510]], np.float32), (1, 3000, 1))
+    boxes += np.arange(3000, dtype=np.float32)[None, :, None] * 20.0  # disjoint background
+    boxes[0, 127] = [0, 0, 10, 10]
+    boxes[0, 2900] = [1, 0, 11, 10]
+    scores = np.full((1, 3000, 2), 0.01, np.float32)
+    scores[0, 127, 1] = scores[0, 2900, 1] = 0.75
+    scores[0, 2900, 0] = 0.875
+    for mode, got in run_modes(boxes, scores, 10, 10, 0.5, 0.05,
+                               modes=("eager", "graph", "xla")).items():
+        got = {k: np.asarray(v) for k, v in got.items()}
+        n = int(got["num_detections"][0])
+        found = sorted((float(s), int(c), float(b[0])) for s, c, b in
+                       zip(got["scores"][0, :n], got["labels"][0, :n], got["boxes"][0, :n]))
+        assert found == [(0.75, 1, 0.0), (0.875, 0, 1.0)], mode
