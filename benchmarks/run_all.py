@@ -46,6 +46,7 @@ SCRIPTS = (
     ("train_synthetic.py", "learning.md", "Learning of every tiny configuration on synthetic data"),
     ("mtcnn.py", "mtcnn.md", "MTCNN vs the mtcnn package vs OpenCV Haar"),
     ("export.py", "export.md", "LiteRT size and latency"),
+    ("mobile_export.py", "mobile_export.md", "LiteRT export of the mobile detectors (full size)"),
     ("export_accuracy.py", "export_accuracy.md", "LiteRT export accuracy (COCO mAP of quantized models)"),
 )
 # Full-mode arguments: each architecture is XLA-compiled and timed once per run, by hardware.py (batch 8,
