@@ -574,7 +574,8 @@ class Detector(keras.Model):
 
         Args:
             image: a path, a PIL image or an (H, W[, C]) array (grayscale and
-                RGBA are converted to RGB).
+                RGBA are converted to RGB); or a list of them, of any sizes
+                (then a list of results, one per image, in order).
             score_threshold: keep detections scoring at least this (default:
                 all the model returns).
 
@@ -585,6 +586,8 @@ class Detector(keras.Model):
             for the same rows. Instance masks come pasted into the image:
             ``masks`` (n, H, W) uint8 (see ``paste_detection_masks``).
         """
+        if isinstance(image, (list, tuple)):  # photos of different sizes: one frame each
+            return [self.detect(item, score_threshold) for item in image]
         array = load_image(image)
         # One image at a time: a fixed canvas runs one graph for every photo size (no XLA
         # compilation per size); canvases that follow the image trace once per size.

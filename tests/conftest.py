@@ -44,3 +44,36 @@ def yolov3_tiny_weights():
     except WeightsFetchError as error:
         problem = str(error)
     pytest.fail(f"official yolov3-tiny.weights unavailable: {problem}", pytrace=False)
+
+
+# The fast suite's time budget (`make test`: 12 minutes on 2 cores). These tests repeat what a faster
+# test of the same kind already covers in `make test` (one mixed-precision test per family of layers,
+# one export per resize rule, the examples' shared code paths, the benchmark scripts' quick modes, the
+# full-size ResNet-50 builds of every zoo family), so they run in `make test-all` only.
+TEST_ALL_ONLY = (
+    "tests/test_benchmarks_quick.py::test_training_quick",
+    "tests/test_benchmarks_quick.py::test_export_accuracy_quick",
+    "tests/test_benchmarks_quick.py::test_inference_quick",
+    "tests/test_benchmarks_quick.py::test_train_synthetic_quick",
+    "tests/test_examples.py::test_example_runs_in_fast_mode[finetune_retinanet.py]",
+    "tests/test_examples.py::test_example_runs_in_fast_mode[train.py]",
+    "tests/test_examples.py::test_example_runs_in_fast_mode[train_from_scratch.py]",
+    "tests/test_examples.py::test_example_runs_in_fast_mode[visualize.py]",
+    "tests/test_examples.py::test_example_runs_in_fast_mode[evaluate.py]",
+    "tests/test_examples.py::test_example_runs_in_fast_mode[segment_instances.py]",
+    "tests/models/test_efficientdet.py::test_mixed_precision_trains_and_predicts",
+    "tests/models/test_efficientdet.py::test_empty_ground_truth_gives_finite_loss",
+    "tests/models/test_fcos.py::test_mixed_precision_trains_and_predicts",
+    "tests/models/test_faster_rcnn.py::test_mixed_precision_train_step_and_predict",
+    "tests/models/test_ssd.py::test_mixed_precision_train_and_predict",
+    "tests/models/test_yolov3.py::test_mixed_precision_train_and_predict",
+    "tests/export/test_export_architectures.py::test_tiny_architecture_exports[ssd]",
+    "tests/export/test_export_architectures.py::test_tiny_architecture_exports[faster_rcnn]",
+    "tests/zoo/test_registry.py::test_registered_classifier_layers_are_exactly_the_class_dependent_ones",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(TEST_ALL_ONLY):
+            item.add_marker(pytest.mark.slow)

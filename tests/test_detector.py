@@ -85,6 +85,11 @@ def test_detect_any_size_path_and_grayscale(trained, tmp_path):
     assert gray["boxes"].shape[1] == 4
     rgba = model.detect(np.concatenate([big, np.full(big.shape[:2] + (1,), 255, np.uint8)], -1))
     assert rgba["boxes"].shape[1] == 4
+    # A list of photos of different sizes: one result each, in order, each in its own image's pixels.
+    results = model.detect([str(path), x[0]], score_threshold=0.3)
+    assert len(results) == 2
+    np.testing.assert_allclose(results[0]["boxes"], out["boxes"], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(results[1]["boxes"], model.detect(x[0], score_threshold=0.3)["boxes"], atol=1e-3)
 
 
 def test_predict_on_other_input_size_rescales_boxes(trained):

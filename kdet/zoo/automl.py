@@ -56,27 +56,15 @@ import numpy as np
 
 from kdet.zoo.coco_classes import COCO_CATEGORY_IDS
 from kdet.zoo.converters import weighted_layers_by_name
+from kdet.zoo.entries import AUTOML_POSTPROCESS  # noqa: F401 (re-exported)
 
 # automl's COCO heads: one output per category id 1..90 (hparams_config.py, num_classes=90).
 AUTOML_COCO_OUTPUTS = 90
 # automl anchors.py / box_coder: regression outputs are (ty, tx, th, tw); kdet's are (tx, ty, tw, th).
 AUTOML_TO_KDET_BOX = (1, 0, 3, 2)
 EMA_SUFFIX = "/ExponentialMovingAverage"
-# automl's inference post-processing as kdet settings: efficientdet/tf2/postprocess.py
-# ``postprocess_global`` (the default ``post_mode`` of ``EfficientDetModel.call``) with
-# hparams_config.py ``nms_configs`` (method "gaussian", score_thresh 0, sigma None,
-# max_nms_inputs 0, max_output_size 100), which ``postprocess.nms`` turns into the values below.
-AUTOML_POSTPROCESS = {
-    "score_threshold": 0.001,  # nms(): gaussian, score_thresh 0 -> 0.001
-    # nms(): sigma None -> 0.5, passed to NonMaxSuppressionV5 as soft_nms_sigma=sigma / 2 ("TF API's
-    # sigma is twice as the paper's value"); kdet's soft_nms_sigma is TensorFlow's (exp(-0.5 iou^2 / sigma)).
-    "soft_nms_sigma": 0.25,
-    "class_agnostic": True,  # postprocess_global: one NMS per image over every class
-    "top_k_rule": "best",  # topk_class_boxes, max_nms_inputs 0 ("max_reduce"): each anchor's best class,
-    "pre_nms_top_k": None,  # of every anchor
-    "clip_before_nms": False,  # postprocess_global clips the NMS output (clip_boxes)
-    "max_detections": 100,  # max_output_size
-}
+# automl's inference post-processing as kdet settings: defined beside the entries that use it (the
+# registry side imports no converter module), re-exported here.
 # Checkpoint variables that belong to training, not to the model.
 _TRAINING_ONLY = re.compile(r"(^global_step$|/Momentum$|/RMSProp(_1)?$|/Adam(_1)?$|^beta[12]_power)")
 # Top-level scopes of automl's EfficientDet model variables.

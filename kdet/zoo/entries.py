@@ -8,8 +8,23 @@ TensorFlow: builders and converters are import paths resolved on use.
 
 from __future__ import annotations
 
-from kdet.zoo.automl import AUTOML_POSTPROCESS
 from kdet.zoo.registry import ModelEntry, WeightsSource, register
+
+# automl's inference post-processing as kdet settings: efficientdet/tf2/postprocess.py
+# ``postprocess_global`` (the default ``post_mode`` of ``EfficientDetModel.call``) with
+# hparams_config.py ``nms_configs`` (method "gaussian", score_thresh 0, sigma None,
+# max_nms_inputs 0, max_output_size 100), which ``postprocess.nms`` turns into the values below.
+AUTOML_POSTPROCESS = {
+    "score_threshold": 0.001,  # nms(): gaussian, score_thresh 0 -> 0.001
+    # nms(): sigma None -> 0.5, passed to NonMaxSuppressionV5 as soft_nms_sigma=sigma / 2 ("TF API's
+    # sigma is twice as the paper's value"); kdet's soft_nms_sigma is TensorFlow's (exp(-0.5 iou^2 / sigma)).
+    "soft_nms_sigma": 0.25,
+    "class_agnostic": True,  # postprocess_global: one NMS per image over every class
+    "top_k_rule": "best",  # topk_class_boxes, max_nms_inputs 0 ("max_reduce"): each anchor's best class,
+    "pre_nms_top_k": None,  # of every anchor
+    "clip_before_nms": False,  # postprocess_global clips the NMS output (clip_boxes)
+    "max_detections": 100,  # max_output_size
+}
 
 COCO = "kdet.zoo.coco_classes:COCO_CLASSES"
 VOC = "kdet.zoo.voc_classes:VOC_CLASSES"

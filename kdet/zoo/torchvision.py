@@ -165,8 +165,6 @@ def _weights_of(kind: str, state, key: str) -> list[np.ndarray]:
         return dense_weights(state, key)
     if kind == "vector":  # a bare parameter tensor, e.g. SSD's L2Norm scale
         return [state[key]]
-    if kind == "norm":  # GroupNorm's affine (weight, bias) -> Keras (gamma, beta)
-        return [state[f"{key}.weight"], state[f"{key}.bias"]]
     raise ValueError(f"unknown weight kind {kind!r}")
 
 
