@@ -43,7 +43,7 @@ def export_row(name: str, quantization, folder: pathlib.Path, repeats: int):
     """(architecture, quantization, input, KiB, ms) for one tiny configuration, or a skip row."""
     import keras
 
-    from kdet.export import litert, run_litert
+    from kdet.export import litert
 
     keras.utils.set_random_seed(0)
     model, why = build_arch(name, tiny=True)
@@ -57,15 +57,21 @@ def export_row(name: str, quantization, folder: pathlib.Path, repeats: int):
     except Exception as err:  # report the failure in the table rather than lose the other rows
         return (label, quantization or "float32", f"{h}x{w}", "-", f"export failed ({type(err).__name__}: "
                                                                    f"{str(err)[:80]})")
-    images = np.random.default_rng(0).uniform(0, 255, (1, h, w, 3)).astype(np.float32)
+    kib, ms = check_and_time(path, (h, w), repeats, label)
+    print(f"{label} {quantization or 'float32'}: {kib:.0f} KiB, {ms:.2f} ms", flush=True)
+    return (label, quantization or "float32", f"{h}x{w}", kib, ms)
+
+
+def check_and_time(path: pathlib.Path, hw, repeats: int, label: str) -> tuple[float, float]:
+    """(KiB, median ms) of a ``.tflite`` detector on one random (1, H, W, 3) image, after checking its outputs."""
+    from kdet.export import run_litert
+
+    images = np.random.default_rng(0).uniform(0, 255, (1, *hw, 3)).astype(np.float32)
     out = run_litert(path, images)
     if set(out) < {"boxes", "scores", "labels", "num_detections"}:
         raise AssertionError(f"{label}: unexpected LiteRT outputs {sorted(out)}")
     run = litert_runner(path)
-    ms = median_ms(lambda: run(images), repeats=repeats, warmup=1)
-    kib = path.stat().st_size / 1024
-    print(f"{label} {quantization or 'float32'}: {kib:.0f} KiB, {ms:.2f} ms", flush=True)
-    return (label, quantization or "float32", f"{h}x{w}", kib, ms)
+    return path.stat().st_size / 1024, median_ms(lambda: run(images), repeats=repeats, warmup=1)
 
 
 def main(argv=None) -> int:

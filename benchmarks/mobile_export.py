@@ -26,10 +26,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
-
-from _common import bench_parser, machine_summary, markdown_table, median_ms, publish  # noqa: E402
-from export import litert_runner  # noqa: E402
+from _common import bench_parser, machine_summary, markdown_table, publish  # noqa: E402
+from export import check_and_time  # noqa: E402
 
 # zoo entry -> the served image size (height, width) of its export.
 ENTRIES = {
@@ -43,20 +41,15 @@ def export_row(name: str, served, quantization, folder: pathlib.Path, repeats: i
     """(entry, weights, served input, MiB, ms) for one zoo architecture."""
     import keras
 
-    from kdet.export import litert, run_litert
+    from kdet.export import litert
     from kdet.zoo import build, registry
 
     keras.utils.set_random_seed(0)
     model = build.build(registry.get_entry(name))
     path = folder / f"{name}_{quantization or 'float32'}.tflite"
     litert(model, path, quantization=quantization, image_size=served)
-    images = np.random.default_rng(0).uniform(0, 255, (1, *served, 3)).astype(np.float32)
-    out = run_litert(path, images)
-    if set(out) < {"boxes", "scores", "labels", "num_detections"}:
-        raise AssertionError(f"{name}: unexpected LiteRT outputs {sorted(out)}")
-    run = litert_runner(path)
-    ms = median_ms(lambda: run(images), repeats=repeats, warmup=1)
-    mib = path.stat().st_size / 2 ** 20
+    kib, ms = check_and_time(path, served, repeats, name)
+    mib = kib / 1024
     print(f"{name} {quantization or 'float32'}: {mib:.1f} MiB, {ms:.1f} ms", flush=True)
     return (name, quantization or "float32", f"{served[0]}x{served[1]}", mib, ms)
 

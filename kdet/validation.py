@@ -28,6 +28,22 @@ def check_box_format(bounding_box_format: str) -> str:
     return bounding_box_format.lower()
 
 
+def check_head_output_ids(ids: Sequence[int], num_classes: int, lowest: int = 0) -> tuple[int, ...]:
+    """Checks ``head_output_ids``: one distinct head index >= ``lowest`` per class; returns them as ints.
+
+    Args:
+        ids: the head output index of each kdet label.
+        num_classes: how many labels the model has.
+        lowest: the smallest allowed index (1 where output 0 is the background).
+    """
+    ids = tuple(int(i) for i in ids)
+    if len(ids) != num_classes or min(ids, default=lowest) < lowest or len(set(ids)) != len(ids):
+        where = "non-negative" if lowest == 0 else f">= {lowest} ({lowest - 1} is the background)"
+        raise ValueError(f"head_output_ids must hold {num_classes} distinct {where} head indices (one per class); "
+                         f"received {len(ids)} values.")
+    return ids
+
+
 def check_probability(name: str, value: Any, *, allow_zero: bool = True,
                       allow_one: bool = True) -> float:
     """Checks a threshold in [0, 1] (bounds optionally excluded)."""

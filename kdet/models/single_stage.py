@@ -37,7 +37,7 @@ from kdet.layers.combined_nms import CombinedNMS
 from kdet.ops.boxes import clip_boxes
 from kdet.targets.anchor_labeler import AnchorLabelEncoder
 from kdet.targets.box_matcher import BACKGROUND, IGNORE
-from kdet.validation import check_positive_int, check_probability
+from kdet.validation import check_head_output_ids, check_positive_int, check_probability
 
 
 def per_anchor(loss_fn, y_true, y_pred):
@@ -126,11 +126,7 @@ class SingleStageConfig(NMSConfig):
         if self.top_k_rule not in TOP_K_RULES:
             raise ValueError(f"top_k_rule must be one of {TOP_K_RULES}; received {self.top_k_rule!r}.")
         if self.head_output_ids is not None:
-            ids = tuple(int(i) for i in self.head_output_ids)
-            if len(ids) != self.num_classes or min(ids) < 0 or len(set(ids)) != len(ids):
-                raise ValueError(f"head_output_ids must hold {self.num_classes} distinct non-negative head indices "
-                                 f"(one per class); received {len(ids)} values.")
-            self._set("head_output_ids", ids)
+            self._set("head_output_ids", check_head_output_ids(self.head_output_ids, self.num_classes))
         if not isinstance(self.clip_before_nms, bool):
             raise ValueError(f"clip_before_nms must be True or False; received {self.clip_before_nms!r}.")
 

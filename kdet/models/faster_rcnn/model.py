@@ -37,7 +37,7 @@ from kdet.ops.box_coder import decode_deltas
 from kdet.ops.boxes import convert_format
 from kdet.ops.nms import combined_nms
 from kdet.targets.samplers import ROI_BOX_VARIANCES, RoITargetSampler, RPNTargetSampler
-from kdet.validation import check_image_size, check_positive_int, check_probability
+from kdet.validation import check_head_output_ids, check_image_size, check_positive_int, check_probability
 
 # torchvision fasterrcnn_resnet50_fpn: anchor sizes 32..512 on P2..P6 at ~800 px, ratios 0.5/1/2.
 RESNET_ANCHOR_SIZES = (32, 64, 128, 256, 512)
@@ -183,11 +183,7 @@ class FasterRCNNConfig(NMSConfig):
             check_image_size(self.image_size, multiple_of=32)
         self._validate_pyramid()
         if self.head_output_ids is not None:
-            ids = tuple(int(i) for i in self.head_output_ids)
-            if len(ids) != self.num_classes or min(ids) < 1 or len(set(ids)) != len(ids):
-                raise ValueError(f"head_output_ids must hold {self.num_classes} distinct head indices >= 1 "
-                                 f"(0 is the background); received {len(ids)} values.")
-            self._set("head_output_ids", ids)
+            self._set("head_output_ids", check_head_output_ids(self.head_output_ids, self.num_classes, lowest=1))
 
     def _validate_pyramid(self):
         """FPN inputs, anchors per level, RPN / box heads."""

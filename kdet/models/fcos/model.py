@@ -33,7 +33,7 @@ from kdet.models.fcos.targets import (RANGE_LOWER, RANGE_UPPER, assign_locations
                                       encode_ltrb, level_ranges, location_generator)
 from kdet.models.single_stage import clip_to_valid, operates_on_boxes, per_anchor
 from kdet.necks.fpn import fpn
-from kdet.validation import check_image_size, check_positive_int
+from kdet.validation import check_head_output_ids, check_image_size, check_positive_int
 
 # Full size: torchvision fcos_resnet50_fpn (FPN 256 channels, 4-conv towers, GroupNorm(32)).
 FULL = {"image_size": 512, "fpn_width": 256, "head_depth": 4, "norm_groups": 32}
@@ -134,11 +134,7 @@ class FCOSConfig(NMSConfig):
         if self.resize == "min_max" and self.size_divisible % coarsest:
             raise ValueError(f"size_divisible must be a multiple of {coarsest}; received {self.size_divisible}.")
         if self.head_output_ids is not None:
-            ids = tuple(int(i) for i in self.head_output_ids)
-            if len(ids) != self.num_classes or min(ids) < 0 or len(set(ids)) != len(ids):
-                raise ValueError(f"head_output_ids must hold {self.num_classes} distinct non-negative head indices "
-                                 f"(one per class); received {len(ids)} values.")
-            self._set("head_output_ids", ids)
+            self._set("head_output_ids", check_head_output_ids(self.head_output_ids, self.num_classes))
 
 
 @keras.saving.register_keras_serializable(package="kdet")
