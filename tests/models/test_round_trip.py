@@ -77,20 +77,27 @@ def test_yolov3(images, tmp_path):
         "min_size": "YOLOv3 predicts on a fixed canvas", "max_size": "YOLOv3 predicts on a fixed canvas"})
 
 
+# Every FasterRCNNConfig field at a non-default value (Mask R-CNN's config holds them all): a fixed canvas
+# chain, and torchvision's v2 options on min_max (the FPN on three backbone levels, two anchor sizes per level).
+FASTER_RCNN_CHAIN = dict(
+    fpn_width=32, representation_size=64, anchor_sizes=(0.1, 0.2, 0.3, 0.6, 0.9), aspect_ratios=(1.0, 2.0),
+    canonical_scale=0.3, canonical_level=3, rpn_pre_nms_top_k_train=200, rpn_pre_nms_top_k_test=120,
+    rpn_post_nms_top_k_train=150, rpn_post_nms_top_k_test=60, rpn_nms_threshold=0.6, rpn_min_size=0.5,
+    rpn_positive_iou=0.65, rpn_negative_iou=0.25, rpn_batch_size_per_image=128, rpn_positive_fraction=0.4,
+    roi_positive_iou=0.55, roi_negative_iou=0.45, roi_batch_size_per_image=64, roi_positive_fraction=0.3,
+    roi_output_size=5, roi_sampling_ratio=1, roi_aligned=True, roi_clamp_outside=True, min_box_size=0.5,
+    box_head_ranks=(16, 8), seed=7, head_output_ids=(2, 4), relative_sizes=True)
+FASTER_RCNN_V2_FOLLOW = dict(
+    COMMON, **MIN_MAX, backbone="tiny", relative_sizes=False, fpn_inputs=("P3", "P4", "P5"),
+    anchor_sizes=((8, 12), (16, 24), (32, 48), (64, 96)), canonical_scale=40.0, fpn_norm="batch", rpn_head_depth=2,
+    rpn_score_threshold=0.01, box_head="4conv1fc")
+
+
 def test_faster_rcnn(images, tmp_path):
-    chain = dict(fpn_width=32, representation_size=64, anchor_sizes=(0.1, 0.2, 0.3, 0.6, 0.9),
-                 aspect_ratios=(1.0, 2.0), canonical_scale=0.3, canonical_level=3, rpn_pre_nms_top_k_train=200,
-                 rpn_pre_nms_top_k_test=120, rpn_post_nms_top_k_train=150, rpn_post_nms_top_k_test=60,
-                 rpn_nms_threshold=0.6, rpn_min_size=0.5, rpn_positive_iou=0.65, rpn_negative_iou=0.25,
-                 rpn_batch_size_per_image=128, rpn_positive_fraction=0.4, roi_positive_iou=0.55,
-                 roi_negative_iou=0.45, roi_batch_size_per_image=64, roi_positive_fraction=0.3, roi_output_size=5,
-                 roi_sampling_ratio=1, roi_aligned=True, roi_clamp_outside=True, min_box_size=0.5,
-                 box_head_ranks=(16, 8), seed=7, head_output_ids=(2, 4), relative_sizes=True)
+    chain = FASTER_RCNN_CHAIN
     fixed = dict(COMMON, **chain, backbone="tiny", image_size=(64, 96), resize="stretch", roi_pooling="pool")
     # torchvision's v2 options, the FPN on three backbone levels with two anchor sizes on each RPN level.
-    follow = dict(COMMON, **MIN_MAX, backbone="tiny", relative_sizes=False, fpn_inputs=("P3", "P4", "P5"),
-                  anchor_sizes=((8, 12), (16, 24), (32, 48), (64, 96)), canonical_scale=40.0, fpn_norm="batch",
-                  rpn_head_depth=2, rpn_score_threshold=0.01, box_head="4conv1fc")
+    follow = dict(FASTER_RCNN_V2_FOLLOW)
     check_round_trip(FasterRCNN, [fixed, follow], images, tmp_path)
 
 
@@ -106,21 +113,11 @@ def test_fcos(images, tmp_path):
 
 def test_mask_rcnn(images, tmp_path):
     # Every FasterRCNNConfig field (Mask R-CNN's config holds them all) and the mask branch's.
-    chain = dict(fpn_width=32, representation_size=64, anchor_sizes=(0.1, 0.2, 0.3, 0.6, 0.9),
-                 aspect_ratios=(1.0, 2.0), canonical_scale=0.3, canonical_level=3, rpn_pre_nms_top_k_train=200,
-                 rpn_pre_nms_top_k_test=120, rpn_post_nms_top_k_train=150, rpn_post_nms_top_k_test=60,
-                 rpn_nms_threshold=0.6, rpn_min_size=0.5, rpn_positive_iou=0.65, rpn_negative_iou=0.25,
-                 rpn_batch_size_per_image=128, rpn_positive_fraction=0.4, roi_positive_iou=0.55,
-                 roi_negative_iou=0.45, roi_batch_size_per_image=64, roi_positive_fraction=0.3, roi_output_size=5,
-                 roi_sampling_ratio=1, roi_aligned=True, roi_clamp_outside=True, min_box_size=0.5,
-                 box_head_ranks=(16, 8), seed=7, head_output_ids=(2, 4), relative_sizes=True,
-                 mask_roi_output_size=6, mask_roi_sampling_ratio=3, mask_head_widths=(16, 8), mask_predictor_width=12,
-                 mask_threshold=0.4)
+    chain = dict(FASTER_RCNN_CHAIN, mask_roi_output_size=6, mask_roi_sampling_ratio=3, mask_head_widths=(16, 8),
+                 mask_predictor_width=12, mask_threshold=0.4)
     fixed = dict(COMMON, **chain, backbone="tiny", image_size=(64, 96), resize="stretch", roi_pooling="pool")
     # The v2 options of the Faster R-CNN config (BatchNorm FPN on three levels, deep RPN head, 4conv1fc).
-    follow = dict(COMMON, **MIN_MAX, backbone="tiny", relative_sizes=False, fpn_inputs=("P3", "P4", "P5"),
-                  anchor_sizes=((8, 12), (16, 24), (32, 48), (64, 96)), canonical_scale=40.0, fpn_norm="batch",
-                  rpn_head_depth=2, rpn_score_threshold=0.01, box_head="4conv1fc")
+    follow = dict(FASTER_RCNN_V2_FOLLOW)
     models = check_round_trip(MaskRCNN, [fixed, follow], images, tmp_path)
     assert models[0].predict(images, verbose=0)["masks"].shape == (2, 40, 12, 12)
 
