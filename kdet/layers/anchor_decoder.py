@@ -21,6 +21,8 @@ class AnchorDecoder(keras.layers.Layer):
             xyxy boxes centred on the cell's top-left corner and ``strides``
             given at call time).
         scale_clamp: bound on log-size deltas before ``exp``.
+        xy_scale: "yolo" only: Darknet's ``scale_x_y`` (1 for YOLOv3; see
+            ``kdet.ops.decode_yolo``).
         clip: clip the boxes to the image given at call time.
 
     Call:
@@ -36,7 +38,7 @@ class AnchorDecoder(keras.layers.Layer):
     """
 
     def __init__(self, variances=(1.0, 1.0, 1.0, 1.0), encoding: str = "deltas",
-                 scale_clamp: float = DEFAULT_SCALE_CLAMP, clip: bool = True, **kwargs):
+                 scale_clamp: float = DEFAULT_SCALE_CLAMP, clip: bool = True, xy_scale: float = 1.0, **kwargs):
         kwargs.setdefault("dtype", "float32")  # decoding stays float32 under mixed precision
         super().__init__(**kwargs)
         if encoding not in ("deltas", "yolo"):
@@ -47,6 +49,7 @@ class AnchorDecoder(keras.layers.Layer):
         self.encoding = encoding
         self.scale_clamp = float(scale_clamp)
         self.clip = bool(clip)
+        self.xy_scale = float(xy_scale)
         self.built = True
 
     def call(self, deltas, anchors, image_shape=None, strides=None):
@@ -63,7 +66,7 @@ class AnchorDecoder(keras.layers.Layer):
             centre = (anchors[..., :2] + anchors[..., 2:]) / 2
             grid = tf.math.floor(centre / strides[..., None] + 1e-4)
             wh = anchors[..., 2:] - anchors[..., :2]
-            boxes = decode_yolo(deltas, grid, wh, strides, self.scale_clamp)
+            boxes = decode_yolo(deltas, grid, wh, strides, self.scale_clamp, self.xy_scale)
         if self.clip and image_shape is not None:
             boxes = clip_boxes(boxes, image_shape[0], image_shape[1])
         return boxes
@@ -74,5 +77,5 @@ class AnchorDecoder(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(variances=self.variances, encoding=self.encoding,
-                      scale_clamp=self.scale_clamp, clip=self.clip)
+                      scale_clamp=self.scale_clamp, clip=self.clip, xy_scale=self.xy_scale)
         return config

@@ -95,7 +95,7 @@ def decode_deltas(deltas, anchors, variances=(1.0, 1.0, 1.0, 1.0), scale_clamp=D
     return tf.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
 
 
-def encode_yolo(boxes, grid_xy, anchor_wh, stride, eps=1e-6):
+def encode_yolo(boxes, grid_xy, anchor_wh, stride, eps=1e-6, xy_scale=1.0):
     """Encodes xyxy boxes as YOLO targets (sigmoid-space xy offsets, log wh).
 
     Args:
@@ -103,35 +103,42 @@ def encode_yolo(boxes, grid_xy, anchor_wh, stride, eps=1e-6):
         grid_xy: (..., 2) integer cell indices (column, row) of the responsible cell.
         anchor_wh: (..., 2) anchor width/height in pixels.
         stride: feature stride in pixels.
+        xy_scale: Darknet's ``scale_x_y`` (see :func:`decode_yolo`).
 
     Returns:
-        (..., 4): ``(sx, sy, tw, th)`` where ``sx = cx / stride - col`` is the
-        target of ``sigmoid(tx)`` (in [0, 1]) and ``tw = log(w / pw)``.
+        (..., 4): ``(sx, sy, tw, th)`` where ``sx = (cx / stride - col + (s - 1) / 2) / s``
+        is the target of ``sigmoid(tx)`` (in [0, 1] for a centre the decoder
+        can reach) and ``tw = log(w / pw)``.
     """
     boxes = _check_last_dim("boxes", tf.cast(boxes, tf.float32), 4)
     cx, cy, w, h = _centre_size(boxes)
     grid_xy = _check_last_dim("grid_xy", tf.cast(grid_xy, tf.float32), 2)
     anchor_wh = _check_last_dim("anchor_wh", tf.cast(anchor_wh, tf.float32), 2)
     stride = tf.cast(stride, tf.float32)
-    sx = cx / stride - grid_xy[..., 0]
-    sy = cy / stride - grid_xy[..., 1]
+    shift = (xy_scale - 1.0) / 2.0
+    sx = (cx / stride - grid_xy[..., 0] + shift) / xy_scale
+    sy = (cy / stride - grid_xy[..., 1] + shift) / xy_scale
     tw = tf.math.log(tf.maximum(w, eps) / anchor_wh[..., 0])
     th = tf.math.log(tf.maximum(h, eps) / anchor_wh[..., 1])
     return tf.stack([sx, sy, tw, th], axis=-1)
 
 
-def decode_yolo(raw, grid_xy, anchor_wh, stride, scale_clamp=DEFAULT_SCALE_CLAMP):
+def decode_yolo(raw, grid_xy, anchor_wh, stride, scale_clamp=DEFAULT_SCALE_CLAMP, xy_scale=1.0):
     """Decodes raw YOLO outputs (tx, ty, tw, th) into xyxy pixel boxes.
 
     ``bx = (sigmoid(tx) + col) * stride``, ``bw = pw * exp(tw)``
-    (Redmon and Farhadi 2018, Figure 2).
+    (Redmon and Farhadi 2018, Figure 2). ``xy_scale`` s is Darknet's
+    ``scale_x_y`` (YOLOv4 cfgs, src/yolo_layer.c): ``bx = (s * sigmoid(tx) -
+    (s - 1) / 2 + col) * stride``, so that with s = 2 the centre can reach
+    the neighbouring cells (YOLOv5's ``2 * sigmoid - 0.5``).
     """
     raw = _check_last_dim("raw", tf.cast(raw, tf.float32), 4, at_least=True)
     grid_xy = _check_last_dim("grid_xy", tf.cast(grid_xy, tf.float32), 2)
     anchor_wh = _check_last_dim("anchor_wh", tf.cast(anchor_wh, tf.float32), 2)
     stride = tf.cast(stride, tf.float32)
-    cx = (tf.sigmoid(raw[..., 0]) + grid_xy[..., 0]) * stride
-    cy = (tf.sigmoid(raw[..., 1]) + grid_xy[..., 1]) * stride
+    shift = (xy_scale - 1.0) / 2.0
+    cx = (xy_scale * tf.sigmoid(raw[..., 0]) - shift + grid_xy[..., 0]) * stride
+    cy = (xy_scale * tf.sigmoid(raw[..., 1]) - shift + grid_xy[..., 1]) * stride
     w = tf.exp(tf.minimum(raw[..., 2], scale_clamp)) * anchor_wh[..., 0]
     h = tf.exp(tf.minimum(raw[..., 3], scale_clamp)) * anchor_wh[..., 1]
     return tf.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)

@@ -32,6 +32,14 @@ class YOLOAssigner:
             width/height IoU with the box is >= t responsible in its own
             level's cell (the multi-anchor rule of YOLOv4, Bochkovskiy et al.
             2020, ``iou_thresh``), which gives small datasets more positives.
+        neighbour_cells: also make each chosen anchor shape responsible in
+            the two cells next to the centre's cell that lie nearest the
+            centre (one left or right, one above or below; YOLOv5's rule,
+            Jocher et al. 2020, ``utils/loss.py`` ``build_targets`` with
+            g = 0.5): three positives per shape. The decoder must reach them
+            (``xy_scale`` 2).
+        xy_scale: Darknet's ``scale_x_y`` the box targets are encoded for
+            (``kdet.ops.encode_yolo``).
 
     Attributes:
         anchors: (A, 4) xyxy anchors centred on their cell's top-left corner
@@ -57,13 +65,16 @@ class YOLOAssigner:
     """
 
     def __init__(self, anchor_shapes: Sequence[Sequence[Sequence[float]]], strides: Sequence[int],
-                 feature_shapes: Sequence[Sequence[int]], extra_positive_iou: float | None = None):
+                 feature_shapes: Sequence[Sequence[int]], extra_positive_iou: float | None = None,
+                 neighbour_cells: bool = False, xy_scale: float = 1.0):
         if not len(anchor_shapes) == len(strides) == len(feature_shapes):
             raise ValueError(
                 f"anchor_shapes, strides and feature_shapes need one entry per level; received "
                 f"{len(anchor_shapes)}, {len(strides)} and {len(feature_shapes)}."
             )
         self.extra_positive_iou = None if extra_positive_iou is None else float(extra_positive_iou)
+        self.neighbour_cells = bool(neighbour_cells)
+        self.xy_scale = float(xy_scale)
         wh, level_of, index_in_level, offsets = [], [], [], []
         anchors, anchor_strides, anchor_wh = [], [], []
         total = 0
@@ -129,22 +140,35 @@ class YOLOAssigner:
             return tf.constant(values)[None, None, :]  # broadcast over (B, M, K)
 
         stride = per_shape(self._shape_stride)
-        col = tf.clip_by_value(tf.cast(tf.floor(centre[..., :1] / stride), tf.int32), 0, per_shape(self._shape_fw) - 1)
-        row = tf.clip_by_value(tf.cast(tf.floor(centre[..., 1:] / stride), tf.int32), 0, per_shape(self._shape_fh) - 1)
-        slot = per_shape(self._shape_offset) + (row * per_shape(self._shape_fw) + col) * per_shape(
-            self._shape_count) + per_shape(self._shape_index)  # (B, M, K)
+        fw, fh = per_shape(self._shape_fw), per_shape(self._shape_fh)
+        grid_x, grid_y = centre[..., :1] / stride, centre[..., 1:] / stride  # (B, M, K) in cells
+        col = tf.clip_by_value(tf.cast(tf.floor(grid_x), tf.int32), 0, fw - 1)
+        row = tf.clip_by_value(tf.cast(tf.floor(grid_y), tf.int32), 0, fh - 1)
+        cells = [(col, row, chosen)]
+        if self.neighbour_cells:
+            # The neighbour on the side of the centre within its cell, where the grid has one.
+            step_x = tf.where(grid_x - tf.cast(col, tf.float32) < 0.5, -1, 1)
+            step_y = tf.where(grid_y - tf.cast(row, tf.float32) < 0.5, -1, 1)
+            cells.append((col + step_x, row, chosen & (col + step_x >= 0) & (col + step_x < fw)))
+            cells.append((col, row + step_y, chosen & (row + step_y >= 0) & (row + step_y < fh)))
+        slot = tf.stack([per_shape(self._shape_offset) + (tf.clip_by_value(r, 0, fh - 1) * fw
+                                                          + tf.clip_by_value(c, 0, fw - 1))
+                         * per_shape(self._shape_count) + per_shape(self._shape_index)
+                         for c, r, _ in cells], axis=-1)  # (B, M, K, cells)
+        taken = tf.stack([mask for _, _, mask in cells], axis=-1)
         # Owner of each anchor = 1 + index of the (last) GT assigned to it, 0 for none;
         # unchosen (GT, shape) pairs and padded GTs write 0, which never wins the max.
-        batch_index = tf.broadcast_to(tf.range(batch)[:, None, None], tf.shape(slot))
+        batch_index = tf.broadcast_to(tf.range(batch)[:, None, None, None], tf.shape(slot))
         indices = tf.reshape(tf.stack([batch_index, slot], axis=-1), (-1, 2))
-        owner_value = tf.where(chosen, tf.range(1, num_gt + 1)[None, :, None], 0)
+        owner_value = tf.where(taken, tf.range(1, num_gt + 1)[None, :, None, None], 0)
         owner = tf.tensor_scatter_nd_max(tf.zeros((batch, self.num_anchors), tf.int32), indices,
                                          tf.reshape(owner_value, (-1,)))
         positive = owner > 0
         gt_index = tf.maximum(owner - 1, 0)
         matched_boxes = tf.gather(gt_boxes, gt_index, batch_dims=1)
         labels = tf.where(positive, tf.gather(gt_labels, gt_index, batch_dims=1), -1)
-        targets = encode_yolo(matched_boxes, self._grid[None], self._anchor_wh[None], self.anchor_strides[None])
+        targets = encode_yolo(matched_boxes, self._grid[None], self._anchor_wh[None], self.anchor_strides[None],
+                              xy_scale=self.xy_scale)
         return {
             "positive": tf.cast(positive, tf.float32),
             "labels": labels,

@@ -27,7 +27,7 @@ from kdet.models.single_stage import clip_to_valid, operates_on_boxes, per_ancho
 from kdet.models.yolov3.presets import (ANCHOR_IMAGE_SIZE, BACKBONE_NAMES, PRESETS, YOLO_IGNORE_THRESHOLD,
                                         YOLO_NMS_IOU)
 from kdet.necks.yolo_fpn import yolo_fpn, yolo_fpn_conv_names
-from kdet.ops.boxes import iou
+from kdet.ops.boxes import aligned_iou, iou
 from kdet.targets.yolo_assigner import YOLOAssigner
 from kdet.validation import check_image_size, check_positive_int, check_probability
 
@@ -35,6 +35,8 @@ from kdet.validation import check_image_size, check_positive_int, check_probabil
 YOLOV3_RECIPE = TrainingRecipe("sgd", 1e-3, 64, 5e-4, 0.9, 1000,
                                "darknet yolov3.cfg: lr 1e-3, batch 64, decay 5e-4, burn_in 1000")
 #: Preset-dependent settings (None or "preset" in the config: the backbone's preset value).
+#: What the objectness of a responsible anchor is trained towards (``YOLOV3Config.objectness_target``).
+OBJECTNESS_TARGETS = ("binary", "iou")
 PRESET_KEYS = ("bn_momentum", "neck_widths", "lateral_widths", "neck_convs", "head_widths", "anchors")
 
 
@@ -67,6 +69,18 @@ class YOLOV3Config(NMSConfig):
             from the no-object loss every anchor whose cell-centred box
             overlaps a ground-truth box by more than t. "preset": None for
             Darknet, 0.5 for "tiny".
+        xy_scale: Darknet's ``scale_x_y`` (YOLOv4 cfgs): box centres decode
+            as ``(s * sigmoid(tx) - (s - 1) / 2 + col) * stride``; 1 is
+            YOLOv3's. "preset": 1 for Darknet.
+        neighbour_cells: also make each box's anchor shapes responsible in the
+            two neighbouring cells nearest its centre (YOLOv5's rule; needs
+            ``xy_scale`` >= 2 so the decoder can reach the centre). "preset":
+            False for Darknet.
+        objectness_target: "binary" (the paper: 1 for responsible anchors) or
+            "iou" (YOLOv5-style: the IoU of the responsible anchor's decoded
+            box with its ground truth, without gradient, so that the score
+            ranks boxes by localisation quality). "preset": "binary" for
+            Darknet, the ``presets.PRESETS`` value for "tiny".
         bn_momentum, neck_widths, lateral_widths, neck_convs, head_widths:
             None: the preset of ``backbone`` (``presets.PRESETS``).
     """
@@ -85,6 +99,9 @@ class YOLOV3Config(NMSConfig):
     head_widths: tuple[int, ...] | None = None
     extra_positive_iou: Any = "preset"
     anchor_ignore_iou: Any = "preset"
+    objectness_target: str = "preset"
+    xy_scale: Any = "preset"
+    neighbour_cells: Any = "preset"
 
     def preset(self) -> dict:
         name = canonical_name(self.backbone)
@@ -101,9 +118,10 @@ class YOLOV3Config(NMSConfig):
         for key in PRESET_KEYS:
             if getattr(self, key) is None:
                 self._set(key, preset[key])
-        for key in ("extra_positive_iou", "anchor_ignore_iou"):
+        for key, paper in (("extra_positive_iou", None), ("anchor_ignore_iou", None),
+                           ("objectness_target", "binary"), ("xy_scale", 1.0), ("neighbour_cells", False)):
             if getattr(self, key) == "preset":
-                self._set(key, preset.get(key))
+                self._set(key, preset.get(key, paper))
 
     def validate(self):
         super().validate()
@@ -112,6 +130,17 @@ class YOLOV3Config(NMSConfig):
                              f"received {self.resize!r}.")
         check_image_size(self.image_size, multiple_of=32)
         check_probability("ignore_threshold", self.ignore_threshold)
+        if self.objectness_target not in OBJECTNESS_TARGETS:
+            raise ValueError(f"objectness_target must be one of {OBJECTNESS_TARGETS}; "
+                             f"received {self.objectness_target!r}.")
+        if not isinstance(self.xy_scale, (int, float)) or not 1.0 <= self.xy_scale <= 3.0:
+            raise ValueError(f"xy_scale must be a number in [1, 3] (Darknet's scale_x_y); received {self.xy_scale!r}.")
+        self._set("xy_scale", float(self.xy_scale))
+        if not isinstance(self.neighbour_cells, bool):
+            raise ValueError(f"neighbour_cells must be True or False; received {self.neighbour_cells!r}.")
+        if self.neighbour_cells and self.xy_scale < 2.0:
+            raise ValueError(f"neighbour_cells needs xy_scale >= 2 (the decoder must reach the neighbouring "
+                             f"cells' targets); received xy_scale={self.xy_scale}.")
         if self.pre_nms_top_k is not None:
             check_positive_int("pre_nms_top_k", self.pre_nms_top_k)
         for key in ("extra_positive_iou", "anchor_ignore_iou"):
@@ -163,14 +192,15 @@ class YOLOV3(Detector):
         strides = [2 ** level for level in sorted(self.levels)]
         feature_shapes = [(size[0] // s, size[1] // s) for s in strides]
         self.assigner = YOLOAssigner(self.anchor_shapes, strides, feature_shapes,
-                                     extra_positive_iou=cfg.extra_positive_iou)
+                                     extra_positive_iou=cfg.extra_positive_iou,
+                                     neighbour_cells=cfg.neighbour_cells, xy_scale=cfg.xy_scale)
         # Anchors centred on the cell's top-left corner: what the "yolo" decoder expects.
         self.anchor_generator = AnchorGenerator(strides=strides, anchor_shapes=self.anchor_shapes, offset=0.0,
                                                 name="anchor_generator")
         self.anchors = self.anchor_generator.generate(*size, feature_shapes=feature_shapes)
         self.anchor_strides = self.assigner.anchor_strides
         self._cell_anchors = (self.anchors + self.anchor_strides[:, None] / 2).astype(np.float32)  # cell-centred
-        self.decoder = AnchorDecoder(encoding="yolo", name="anchor_decoder")
+        self.decoder = AnchorDecoder(encoding="yolo", xy_scale=cfg.xy_scale, name="anchor_decoder")
         self.nms = CombinedNMS(max_output_size_per_class=cfg.max_detections, max_total_size=cfg.max_detections,
                                iou_threshold=cfg.nms_iou_threshold, score_threshold=cfg.score_threshold,
                                soft_nms_sigma=cfg.soft_nms_sigma, class_agnostic=cfg.class_agnostic,
@@ -249,10 +279,15 @@ class YOLOV3(Detector):
             anchor_overlaps = tf.where((y["labels"] >= 0)[:, None, :], anchor_overlaps, 0.0)
             ignored |= tf.reduce_max(anchor_overlaps, axis=-1) > self.config.anchor_ignore_iou
         ignore = tf.cast(ignored, tf.float32) * (1.0 - positive)
-        obj_values = per_anchor(self.objectness_loss, positive[..., None], raw["obj"])
+        matched = targets["matched_boxes"]
+        obj_target = positive
+        if self.config.objectness_target == "iou":
+            # YOLOv5 (utils/loss.py, gr=1): the target is the detached IoU of the decoded box.
+            quality = tf.stop_gradient(aligned_iou(decoded, matched))
+            obj_target = positive * tf.clip_by_value(quality, 0.0, 1.0)
+        obj_values = per_anchor(self.objectness_loss, obj_target[..., None], raw["obj"])
         obj_loss = tf.reduce_sum(obj_values * (1.0 - ignore)) / batch
         # Box-loss scale 2 - w * h (w, h relative to the image) favours small boxes.
-        matched = targets["matched_boxes"]
         relative_area = (matched[..., 2] - matched[..., 0]) * (matched[..., 3] - matched[..., 1]) / float(
             self.image_size[0] * self.image_size[1])
         box_weight = positive * (2.0 - relative_area)
@@ -276,7 +311,9 @@ class YOLOV3(Detector):
         return self._objectness_loss
 
     def default_box_loss(self):
-        return YOLOBoxLoss()
+        """The preset's box loss: YOLOv3's (``YOLOBoxLoss``) for Darknet, ``PRESETS[...]["box_loss"]`` otherwise."""
+        name = self.config.preset().get("box_loss")
+        return YOLOBoxLoss() if name is None else self.resolve_box_loss(name)
 
     def default_classification_loss(self):
         """Independent logistic classifiers (paper section 2.2): per-class binary cross-entropy."""
