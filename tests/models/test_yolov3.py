@@ -46,6 +46,58 @@ def test_assigner_picks_best_shape_and_cell():
     assert extra(boxes, np.array([[0, 1, 2, -1]]))["positive"].numpy().sum() > 3
 
 
+def test_neighbour_cells_add_the_two_nearest_cells():
+    # One level, stride 8, 4x4 grid, one 8x8 shape. Centre (14, 2): cell (col 1, row 0), right half of
+    # the cell -> right neighbour (col 2); top half -> the cell above does not exist (row -1).
+    assigner = YOLOAssigner([[(8, 8)]], strides=[8], feature_shapes=[(4, 4)], neighbour_cells=True, xy_scale=2.0)
+    out = assigner(np.array([[[10, 0, 18, 4]]], np.float32), np.array([[1]]))
+    assert out["positive"].numpy()[0].nonzero()[0].tolist() == [1, 2]
+    # Centre (11, 11): cell (1, 1), left and top halves -> (col 0, row 1) and (col 1, row 0).
+    out = assigner(np.array([[[7, 7, 15, 15]]], np.float32), np.array([[1]]))
+    assert out["positive"].numpy()[0].nonzero()[0].tolist() == [1, 4, 5]
+    # Each positive's targets decode back to the box with Darknet's scale_x_y = 2.
+    from kdet.ops.box_coder import decode_yolo
+    pos = out["positive"].numpy()[0] > 0
+    targets = out["box_targets"].numpy()[0, pos]
+    assert np.all((targets[:, :2] >= 0) & (targets[:, :2] <= 1))
+    raw = np.concatenate([np.log(targets[:, :2] / (1 - targets[:, :2])), targets[:, 2:]], 1)
+    grid = np.floor((assigner.anchors[pos, :2] + assigner.anchors[pos, 2:]) / 2 / 8 + 1e-4)
+    boxes = decode_yolo(raw, grid, np.full((3, 2), 8.0), 8.0, xy_scale=2.0).numpy()
+    np.testing.assert_allclose(boxes, np.tile([[7, 7, 15, 15]], (3, 1)), atol=1e-4)
+    assert YOLOAssigner([[(8, 8)]], [8], [(4, 4)])(np.array([[[7, 7, 15, 15]]], np.float32),
+                                                 np.array([[1]]))["positive"].numpy().sum() == 1
+
+
+def test_darknet_presets_keep_the_paper_training_rules():
+    for backbone in ("darknet53", "darknet_tiny"):
+        config = YOLOV3(3, backbone=backbone, image_size=128).config
+        assert (config.objectness_target, config.xy_scale, config.neighbour_cells) == ("binary", 1.0, False)
+        assert (config.extra_positive_iou, config.anchor_ignore_iou) == (None, None)
+    darknet = YOLOV3(3, backbone="darknet_tiny", image_size=128)
+    darknet.compile(evaluate_coco=False)
+    assert type(darknet.box_loss).__name__ == "YOLOBoxLoss"
+    model = YOLOV3(3, backbone="tiny", image_size=128, objectness_target="iou")
+    model.compile(evaluate_coco=False, box_loss="ciou")
+    assert (model.config.objectness_target, model.box_loss.mode) == ("iou", "ciou")
+
+
+def test_objectness_target_iou_only_changes_the_objectness_loss():
+    images, targets = synthetic_arrays(2, 64, seed=0)
+    y = {k: tf.constant(v) for k, v in targets.items()}
+    losses = []
+    for target in ("binary", "iou"):
+        keras.utils.set_random_seed(0)
+        model = YOLOV3(3, backbone="tiny", image_size=64, objectness_target=target)
+        model.compile(evaluate_coco=False)
+        frame = model.frame_of(images)
+        losses.append(model.compute_losses(model.targets_to_network(y, frame), model.raw_outputs(images), frame))
+    # At initialisation the decoded boxes overlap their boxes little: IoU targets are below 1, and the
+    # positives' loss at a prior of 0.01 is lower towards a small target.
+    assert float(losses[1]["obj_loss"]) < float(losses[0]["obj_loss"])
+    for name in ("box_loss", "cls_loss"):
+        np.testing.assert_allclose(float(losses[1][name]), float(losses[0][name]), rtol=1e-6)
+
+
 def test_box_loss_is_zero_at_the_target_and_positive_elsewhere():
     target = np.array([[0.3, 0.8, 0.5, -0.2]], np.float32)
     logits = np.log(target[:, :2] / (1 - target[:, :2]))
@@ -117,6 +169,9 @@ def test_full_size_builds_with_published_parameter_counts():
     (dict(anchors=[[(10, 10)]]), "anchors has 1 levels but the network predicts on 3"),
     (dict(ignore_threshold=1.5), "ignore_threshold"),
     (dict(anchor_ignore_iou=-0.1), "anchor_ignore_iou"),
+    (dict(objectness_target="quality"), "objectness_target must be one of"),
+    (dict(xy_scale=0.5), "xy_scale must be a number in"),
+    (dict(neighbour_cells=True), "neighbour_cells needs xy_scale >= 2"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
