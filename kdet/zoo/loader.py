@@ -30,7 +30,8 @@ from typing import Any, Callable, Sequence
 
 from kdet.validation import check_positive_int
 from kdet.zoo import converted, preset, registry
-from kdet.zoo.build import build
+from kdet.zoo.build import accepts, build
+from kdet.zoo.locate import resolve
 from kdet.zoo.registry import ModelEntry
 from kdet.zoo.transfer import transfer_all_but_classifier, transfer_matching_weights
 
@@ -54,7 +55,10 @@ def load(name: str | os.PathLike, weights: str | os.PathLike | None = "default",
         num_classes: number of object classes. When it differs from the
             checkpoint's, the model is loaded with the checkpoint's classes,
             then a model with ``num_classes`` is built and receives every
-            weight but the classifier layers' (fine-tuning).
+            weight but the classifier layers' (fine-tuning). That model has
+            ``fine_tune=True`` (unless ``fine_tune=False`` is passed): its
+            batch norms keep the pretrained statistics and ``compile()``
+            uses the fine-tuning recipe (docs/training.md, "Fine-tuning to new classes").
         **overrides: builder arguments replacing the entry's (e.g.
             ``image_size``, ``score_threshold``).
 
@@ -73,8 +77,10 @@ def load(name: str | os.PathLike, weights: str | os.PathLike | None = "default",
     if num_classes is not None:
         num_classes = check_positive_int("num_classes", num_classes)
     if isinstance(name, os.PathLike) or (isinstance(name, str) and _looks_like_path(name)):
+        # fine_tune applies to the model rebuilt with new classes (a saved .keras model takes no overrides).
+        fine_tune = overrides.pop("fine_tune", True) if num_classes is not None else True
         model = preset.load_path(pathlib.Path(name), weights=weights, **overrides)
-        return change_num_classes(model, num_classes, lambda n: _rebuilt_with_classes(model, n),
+        return change_num_classes(model, num_classes, lambda n: _rebuilt_with_classes(model, n, fine_tune),
                                   getattr(model, "classifier_layers", None))
     if not isinstance(name, str):
         raise ValueError(f"name must be a model name or a path; received {type(name).__name__}.")
@@ -111,7 +117,9 @@ def load_entry(entry: ModelEntry, weights: str | os.PathLike | None = "default",
             converted.convert_local(entry, model, pathlib.Path(weights))
     if num_classes is None or num_classes == classes:
         return model
-    return change_num_classes(model, num_classes, lambda n: build(entry, **overrides, num_classes=n),
+    # The new model is marked fine_tune (pretrained features, fresh classifier) where its builder takes it.
+    marked = {"fine_tune": True} if accepts(resolve(entry.builder), "fine_tune") else {}
+    return change_num_classes(model, num_classes, lambda n: build(entry, **{**marked, **overrides}, num_classes=n),
                               _classifier_of(entry, model))
 
 
@@ -146,13 +154,15 @@ def _classifier_of(entry: ModelEntry, model) -> tuple[str, ...] | None:
     return named or getattr(model, "classifier_layers", None)
 
 
-def _rebuilt_with_classes(model, num_classes: int):
-    """A new model like ``model`` (from its config) with ``num_classes`` and fresh weights."""
+def _rebuilt_with_classes(model, num_classes: int, fine_tune: bool = True):
+    """A new model like ``model`` (from its config) with ``num_classes``, fresh weights and ``fine_tune``."""
     config = model.get_config()
     if "num_classes" not in config:
         raise ValueError(f"{type(model).__name__} has no num_classes in its config; cannot "
                          f"change it to {num_classes}.")
     config = {**config, "num_classes": num_classes}
+    if "fine_tune" in config:  # pretrained features, a fresh classifier (kdet.Detector configs)
+        config["fine_tune"] = bool(fine_tune)
     # The old names and the head's output of each old label no longer fit: the new classifier has one
     # output per new class (head_output_ids of a converted 91-output COCO head, see kdet.zoo.torchvision).
     for key in ("class_names", "head_output_ids"):
