@@ -224,6 +224,23 @@ class Detector(keras.Model):
         """The recipe ``kdet.training`` uses: Adam for models trained from scratch by default."""
         return SCRATCH_RECIPE
 
+    def inherit_classifier_outputs(self, source: "Detector") -> list[str]:
+        """Copies the class-independent outputs of ``source``'s classifier layers into this model's.
+
+        ``kdet.load(name, num_classes=k)`` calls it after copying every weight
+        outside ``classifier_layers``: a classifier layer that also predicts
+        class-independent values (YOLO's boxes and objectness share one conv
+        with the class logits) keeps those from the checkpoint instead of
+        starting fresh. The base class has none.
+
+        Args:
+            source: the same architecture with the checkpoint's classes and weights.
+
+        Returns:
+            The paths of the variables that received values.
+        """
+        return []
+
     # ------------------------------------------------------- geometry
     @property
     def network_input_shape(self) -> tuple:

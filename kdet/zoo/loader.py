@@ -9,7 +9,9 @@ calls never call back:
   user's checkpoint converted on the fly);
 - ``change_num_classes``: a model with the new classes, every weight copied but
   the classifier layers' (named by the entry's ``WeightsSource.classifier``,
-  else by the model class's ``classifier_layers``).
+  else by the model class's ``classifier_layers``), except their
+  class-independent outputs (``Detector.inherit_classifier_outputs``), and
+  marked ``fine_tune``.
 
 Paths (a ``.keras`` file or a preset directory) skip the first steps: ``preset``
 loads them, and the class count changes the same way.
@@ -177,7 +179,9 @@ def change_num_classes(model, num_classes: int | None, build_with_classes: Calla
 
     The one routine behind ``kdet.load(..., num_classes=n)``: build the model
     again with ``n`` classes, copy every variable except those of the
-    classifier layers, and fail if anything else differs.
+    classifier layers, and fail if anything else differs. Then the new model's
+    ``inherit_classifier_outputs`` copies what its classifier layers predict
+    independently of the classes (YOLO's boxes and objectness).
 
     Args:
         model: the loaded model (the checkpoint's classes).
@@ -202,4 +206,7 @@ def change_num_classes(model, num_classes: int | None, build_with_classes: Calla
         transfer_all_but_classifier(model, target, classifier)
     else:
         transfer_matching_weights(model, target)
+    inherit = getattr(target, "inherit_classifier_outputs", None)
+    if callable(inherit) and type(target) is type(model):
+        inherit(model)  # e.g. YOLO's box and objectness outputs, which do not depend on the classes
     return target

@@ -71,3 +71,31 @@ def test_load_with_new_classes_marks_fine_tune(tmp_path):
     tuned = kdet.load("yolov3_tiny_coco", weights=weights, num_classes=3)
     assert tuned.config.fine_tune is True and not any(layer.trainable for layer in _batch_norms(tuned))
     assert kdet.load("yolov3_tiny_coco", weights=None, num_classes=3).config.fine_tune is False  # scratch
+
+
+def test_new_classes_keep_yolo_box_and_objectness_outputs(tmp_path):
+    """Of each anchor's (tx, ty, tw, th, objectness, classes) outputs, only the classes start fresh."""
+    keras.utils.set_random_seed(3)
+    source = _tiny()
+    for name in source.classifier_layers:  # distinct values everywhere (the fresh biases are a constant prior)
+        layer = source.network.get_layer(name)
+        layer.bias.assign(np.random.default_rng(0).normal(size=layer.bias.shape).astype(np.float32))
+    path = tmp_path / "three_classes.keras"
+    source.save(path)
+    tuned = kdet.load(path, num_classes=5)
+    for name in source.classifier_layers:
+        old, new = source.network.get_layer(name), tuned.network.get_layer(name)
+        for a, b in ((old.kernel, new.kernel), (old.bias, new.bias)):
+            a = a.numpy().reshape(*a.shape[:-1], 3, 5 + 3)  # 3 anchors per location, 3 classes
+            b = b.numpy().reshape(*b.shape[:-1], 3, 5 + 5)
+            np.testing.assert_array_equal(b[..., :5], a[..., :5])
+            assert not np.allclose(b[..., 5:8], a[..., 5:])
+    x, _ = synthetic_arrays(2, 64, seed=2)
+    np.testing.assert_allclose(tuned.raw_outputs(x)["box"], source.raw_outputs(x)["box"], atol=1e-5)
+    np.testing.assert_allclose(tuned.raw_outputs(x)["obj"], source.raw_outputs(x)["obj"], atol=1e-5)
+
+
+def test_inherit_refuses_other_anchors():
+    two = (((10, 10), (20, 20)), ((40, 40), (60, 60)), ((100, 100), (200, 200)))
+    with pytest.raises(ValueError, match="do not match this model's"):
+        _tiny().inherit_classifier_outputs(_tiny(anchors=two))
