@@ -153,10 +153,9 @@ class DetectorConfig:
             normalisation (ImageNet statistics, 0..1, ...).
         max_detections: rows of the output dict (K).
         fine_tune: the weights outside the classifier layers are pretrained
-            (``kdet.load(name, num_classes=k)`` sets it): training keeps the
-            pretrained batch-norm statistics (frozen, inference mode) and
-            ``compile()`` uses the fine-tuning optimizer
-            (``Detector.default_optimizer``). False: training from scratch.
+            (``kdet.load(name, num_classes=k)`` sets it): every batch norm
+            keeps its pretrained statistics, scale and shift while the rest
+            trains (``Detector.freeze_batch_norm``). False: training from scratch.
     """
 
     num_classes: int
