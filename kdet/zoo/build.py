@@ -18,8 +18,7 @@ from kdet.zoo.locate import resolve
 from kdet.zoo.registry import ModelEntry
 
 
-def accepts(fn: Callable, name: str) -> bool:
-    """Whether ``fn`` takes a keyword argument ``name`` (by name or through ``**kwargs``)."""
+def _accepts(fn: Callable, name: str) -> bool:
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
@@ -49,6 +48,6 @@ def build(entry: ModelEntry, **kwargs: Any):
     kwargs = {**entry.builder_kwargs, **kwargs}
     names = entry.get_class_names()
     if (names and "class_names" not in kwargs and kwargs.get("num_classes", len(names)) == len(names)
-            and accepts(builder, "class_names")):
+            and _accepts(builder, "class_names")):
         kwargs["class_names"] = list(names)
     return builder(**kwargs)

@@ -32,8 +32,7 @@ from typing import Any, Callable, Sequence
 
 from kdet.validation import check_positive_int
 from kdet.zoo import converted, preset, registry
-from kdet.zoo.build import accepts, build
-from kdet.zoo.locate import resolve
+from kdet.zoo.build import build
 from kdet.zoo.registry import ModelEntry
 from kdet.zoo.transfer import transfer_all_but_classifier, transfer_matching_weights
 
@@ -119,8 +118,8 @@ def load_entry(entry: ModelEntry, weights: str | os.PathLike | None = "default",
             converted.convert_local(entry, model, pathlib.Path(weights))
     if num_classes is None or num_classes == classes:
         return model
-    # The new model is marked fine_tune (pretrained features, fresh classifier) where its builder takes it.
-    marked = {"fine_tune": True} if accepts(resolve(entry.builder), "fine_tune") else {}
+    # The new model is marked fine_tune (pretrained features, fresh classifier) where its config has the setting.
+    marked = {"fine_tune": True} if _has_setting(model, "fine_tune") else {}
     return change_num_classes(model, num_classes, lambda n: build(entry, **{**marked, **overrides}, num_classes=n),
                               _classifier_of(entry, model))
 
@@ -151,6 +150,11 @@ def _load_weights_file(entry: ModelEntry, path: pathlib.Path, num_classes: int |
     return model, num_classes
 
 
+def _has_setting(model, name: str) -> bool:
+    """Whether ``model`` is a ``kdet.Detector`` whose config holds the setting ``name``."""
+    return name in getattr(getattr(model, "config", None), "__dataclass_fields__", {})
+
+
 def _classifier_of(entry: ModelEntry, model) -> tuple[str, ...] | None:
     named = entry.weights.classifier if entry.weights is not None else None
     return named or getattr(model, "classifier_layers", None)
@@ -163,7 +167,7 @@ def _rebuilt_with_classes(model, num_classes: int, fine_tune: bool = True):
         raise ValueError(f"{type(model).__name__} has no num_classes in its config; cannot "
                          f"change it to {num_classes}.")
     config = {**config, "num_classes": num_classes}
-    if "fine_tune" in config:  # pretrained features, a fresh classifier (kdet.Detector configs)
+    if _has_setting(model, "fine_tune"):  # pretrained features, a fresh classifier
         config["fine_tune"] = bool(fine_tune)
     # The old names and the head's output of each old label no longer fit: the new classifier has one
     # output per new class (head_output_ids of a converted 91-output COCO head, see kdet.zoo.torchvision).
