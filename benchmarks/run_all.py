@@ -44,6 +44,7 @@ SCRIPTS = (
     ("hardware.py", "hardware.md", "Share of peak matmul throughput"),
     ("precision.py", "precision.md", "Low precision: bfloat16 vs float32, OpenCV DNN, LiteRT int8"),
     ("train_synthetic.py", "learning.md", "Learning of every tiny configuration on synthetic data"),
+    ("finetune.py", "finetune.md", "Fine-tuning real yolov3-tiny weights vs training from scratch"),
     ("mtcnn.py", "mtcnn.md", "MTCNN vs the mtcnn package vs OpenCV Haar"),
     ("export.py", "export.md", "LiteRT size and latency"),
     ("mobile_export.py", "mobile_export.md", "LiteRT export of the mobile detectors (full size)"),

@@ -152,6 +152,10 @@ class DetectorConfig:
             ``(pixels * scale - mean) / std``; None: the backbone's own
             normalisation (ImageNet statistics, 0..1, ...).
         max_detections: rows of the output dict (K).
+        fine_tune: the weights outside the classifier layers are pretrained
+            (``kdet.load(name, num_classes=k)`` sets it): every batch norm
+            keeps its pretrained statistics, scale and shift while the rest
+            trains (``Detector.freeze_batch_norm``). False: training from scratch.
     """
 
     num_classes: int
@@ -167,6 +171,7 @@ class DetectorConfig:
     pixel_mean: tuple[float, float, float] | None = None
     pixel_std: tuple[float, float, float] | None = None
     max_detections: int = 100
+    fine_tune: bool = False
 
     #: Old setting names still accepted (with a deprecation message): {old: new}.
     aliases: ClassVar[Mapping[str, str]] = {}
@@ -255,6 +260,8 @@ class DetectorConfig:
             raise ValueError(f"size_divisible must be a multiple of {self.size_multiple}; "
                              f"received {self.size_divisible}.")
         self._set("max_detections", check_positive_int("max_detections", self.max_detections))
+        if not isinstance(self.fine_tune, bool):
+            raise ValueError(f"fine_tune must be True or False; received {self.fine_tune!r}.")
 
     # ------------------------------------------------------------ access
     def to_dict(self) -> dict[str, Any]:

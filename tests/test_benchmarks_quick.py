@@ -67,6 +67,16 @@ def test_train_synthetic_quick(tmp_path):
     assert results["runs"][0]["epochs"] == 1 and results["targets"][0]["met"] == "not at the bar protocol"
 
 
+@pytest.mark.slow  # ~2 min: converts the official yolov3-tiny weights and trains two 416-px models one step
+def test_finetune_quick(tmp_path, yolov3_tiny_weights):
+    out = run_quick("finetune.py", "--out", str(tmp_path / "finetune.md"))
+    assert "| model | seed | train images | epochs | steps |" in out
+    assert "pretrained seed 0: AP50" in out and "scratch seed 0: AP50" in out
+    data = json.loads((tmp_path / "finetune.json").read_text())
+    assert [r["kind"] for r in data["runs"]] == ["pretrained", "scratch"]
+    assert data["targets"][0]["met"] == "not at the bar protocol"
+
+
 def test_function_gflops_matches_conv_arithmetic():
     """Oracle: a bias-free 3x3 Conv2D costs 2 * H * W * Cout * 3 * 3 * Cin FLOPs."""
     import keras

@@ -9,7 +9,9 @@ calls never call back:
   user's checkpoint converted on the fly);
 - ``change_num_classes``: a model with the new classes, every weight copied but
   the classifier layers' (named by the entry's ``WeightsSource.classifier``,
-  else by the model class's ``classifier_layers``).
+  else by the model class's ``classifier_layers``), except their
+  class-independent outputs (``Detector.inherit_classifier_outputs``), and
+  marked ``fine_tune``.
 
 Paths (a ``.keras`` file or a preset directory) skip the first steps: ``preset``
 loads them, and the class count changes the same way.
@@ -54,7 +56,10 @@ def load(name: str | os.PathLike, weights: str | os.PathLike | None = "default",
         num_classes: number of object classes. When it differs from the
             checkpoint's, the model is loaded with the checkpoint's classes,
             then a model with ``num_classes`` is built and receives every
-            weight but the classifier layers' (fine-tuning).
+            weight but the classifier layers' (fine-tuning). That model has
+            ``fine_tune=True`` (unless ``fine_tune=False`` is passed): its
+            batch norms keep the pretrained statistics and ``compile()``
+            uses the fine-tuning recipe (docs/training.md, "Fine-tuning to new classes").
         **overrides: builder arguments replacing the entry's (e.g.
             ``image_size``, ``score_threshold``).
 
@@ -73,8 +78,10 @@ def load(name: str | os.PathLike, weights: str | os.PathLike | None = "default",
     if num_classes is not None:
         num_classes = check_positive_int("num_classes", num_classes)
     if isinstance(name, os.PathLike) or (isinstance(name, str) and _looks_like_path(name)):
+        # fine_tune applies to the model rebuilt with new classes (a saved .keras model takes no overrides).
+        fine_tune = overrides.pop("fine_tune", True) if num_classes is not None else True
         model = preset.load_path(pathlib.Path(name), weights=weights, **overrides)
-        return change_num_classes(model, num_classes, lambda n: _rebuilt_with_classes(model, n),
+        return change_num_classes(model, num_classes, lambda n: _rebuilt_with_classes(model, n, fine_tune),
                                   getattr(model, "classifier_layers", None))
     if not isinstance(name, str):
         raise ValueError(f"name must be a model name or a path; received {type(name).__name__}.")
@@ -111,7 +118,9 @@ def load_entry(entry: ModelEntry, weights: str | os.PathLike | None = "default",
             converted.convert_local(entry, model, pathlib.Path(weights))
     if num_classes is None or num_classes == classes:
         return model
-    return change_num_classes(model, num_classes, lambda n: build(entry, **overrides, num_classes=n),
+    # The new model is marked fine_tune (pretrained features, fresh classifier) where its config has the setting.
+    marked = {"fine_tune": True} if _has_setting(model, "fine_tune") else {}
+    return change_num_classes(model, num_classes, lambda n: build(entry, **{**marked, **overrides}, num_classes=n),
                               _classifier_of(entry, model))
 
 
@@ -141,18 +150,25 @@ def _load_weights_file(entry: ModelEntry, path: pathlib.Path, num_classes: int |
     return model, num_classes
 
 
+def _has_setting(model, name: str) -> bool:
+    """Whether ``model`` is a ``kdet.Detector`` whose config holds the setting ``name``."""
+    return name in getattr(getattr(model, "config", None), "__dataclass_fields__", {})
+
+
 def _classifier_of(entry: ModelEntry, model) -> tuple[str, ...] | None:
     named = entry.weights.classifier if entry.weights is not None else None
     return named or getattr(model, "classifier_layers", None)
 
 
-def _rebuilt_with_classes(model, num_classes: int):
-    """A new model like ``model`` (from its config) with ``num_classes`` and fresh weights."""
+def _rebuilt_with_classes(model, num_classes: int, fine_tune: bool = True):
+    """A new model like ``model`` (from its config) with ``num_classes``, fresh weights and ``fine_tune``."""
     config = model.get_config()
     if "num_classes" not in config:
         raise ValueError(f"{type(model).__name__} has no num_classes in its config; cannot "
                          f"change it to {num_classes}.")
     config = {**config, "num_classes": num_classes}
+    if _has_setting(model, "fine_tune"):  # pretrained features, a fresh classifier
+        config["fine_tune"] = bool(fine_tune)
     # The old names and the head's output of each old label no longer fit: the new classifier has one
     # output per new class (head_output_ids of a converted 91-output COCO head, see kdet.zoo.torchvision).
     for key in ("class_names", "head_output_ids"):
@@ -167,7 +183,9 @@ def change_num_classes(model, num_classes: int | None, build_with_classes: Calla
 
     The one routine behind ``kdet.load(..., num_classes=n)``: build the model
     again with ``n`` classes, copy every variable except those of the
-    classifier layers, and fail if anything else differs.
+    classifier layers, and fail if anything else differs. Then the new model's
+    ``inherit_classifier_outputs`` copies what its classifier layers predict
+    independently of the classes (YOLO's boxes and objectness).
 
     Args:
         model: the loaded model (the checkpoint's classes).
@@ -192,4 +210,7 @@ def change_num_classes(model, num_classes: int | None, build_with_classes: Calla
         transfer_all_but_classifier(model, target, classifier)
     else:
         transfer_matching_weights(model, target)
+    inherit = getattr(target, "inherit_classifier_outputs", None)
+    if callable(inherit) and type(target) is type(model):
+        inherit(model)  # e.g. YOLO's box and objectness outputs, which do not depend on the classes
     return target

@@ -16,7 +16,7 @@ from tests.roundtrip import check_round_trip
 # Settings every variant shares: non-default values of DetectorConfig / NMSConfig fields.
 COMMON = dict(num_classes=2, bounding_box_format="yxyx", class_names=("disc", "square"), precision="bfloat16",
               pixel_scale=1.0 / 128.0, pixel_mean=(0.9, 1.0, 1.1), pixel_std=(0.8, 1.0, 1.2), max_detections=40,
-              score_threshold=0.001, nms_iou_threshold=0.6, soft_nms_sigma=0.3, class_agnostic=True)
+              score_threshold=0.001, nms_iou_threshold=0.6, soft_nms_sigma=0.3, class_agnostic=True, fine_tune=True)
 # The canvas follows the image: the "min_max" rule and its sizes.
 MIN_MAX = dict(resize="min_max", min_size=96, max_size=160, size_divisible=64)
 ANCHOR_CHAIN = dict(box_variances=(0.1, 0.1, 0.2, 0.2), positive_threshold=0.6, negative_threshold=0.35,
@@ -133,7 +133,8 @@ def test_mtcnn(tmp_path):
                     pixel_mean=(1.0, 1.0, 1.0), pixel_std=(1.0, 1.0, 1.0), max_detections=8, min_face_size=24,
                     thresholds=(0.5, 0.6, 0.65), scale_factor=0.75, nms_thresholds=(0.45, 0.65, 0.6, 0.6),
                     pnet_top_k=400, rnet_candidates=96, onet_candidates=32, max_pyramid_side=1024, greedy_nms=True,
-                    jit_compile=False, width=0.5, pnet=build_pnet(1.0), rnet=build_rnet(1.0), onet=build_onet(1.0))
+                    jit_compile=False, width=0.5, pnet=build_pnet(1.0), rnet=build_rnet(1.0), onet=build_onet(1.0),
+                    fine_tune=True)
     # Random networks find nothing: load the packaged weights into the prebuilt ones.
     from kdet.models.mtcnn.model import WEIGHT_FILES, pretrained_dir
 

@@ -183,6 +183,44 @@ class YOLOV3(Detector):
         # The 1x1 convs predicting (4 + 1 + C) values per anchor, one per output level.
         return tuple(layer.name for layer in self.network.layers if layer.name.endswith("_pred_conv"))
 
+    def inherit_classifier_outputs(self, source: "YOLOV3") -> list[str]:
+        """Copies the box and objectness outputs of ``source``'s prediction convs (new classes, same anchors).
+
+        Darknet's prediction conv lays out (anchor, [tx, ty, tw, th, objectness,
+        class_0 .. class_C-1]) (``kdet.heads.yolo``): only the class outputs
+        depend on the classes. Keeping the checkpoint's box regression and
+        objectness instead of starting them fresh is what makes a fine-tuned
+        YOLO learn in a few hundred steps: on the fine-tuning benchmark (real
+        yolov3-tiny weights, 160 images at 416 px, 8 epochs, with the frozen
+        batch norms of ``fine_tune``) held-out AP50 rose from 0.56 to 0.95
+        (docs/training.md, "Fine-tuning to new classes").
+
+        Args:
+            source: a YOLOV3 of the same configuration with other classes.
+
+        Returns:
+            The paths of the variables that received values.
+
+        Raises:
+            ValueError: ``source``'s prediction convs do not match this model's
+                (other anchors or features).
+        """
+        copied = []
+        for name in self.classifier_layers:
+            target, origin = self.network.get_layer(name), source.network.get_layer(name)
+            anchors = target.kernel.shape[-1] // (5 + self.num_classes)
+            if (origin.kernel.shape[-1] != anchors * (5 + source.num_classes)
+                    or origin.kernel.shape[:-1] != target.kernel.shape[:-1]):
+                raise ValueError(f"{name}: the source predicts {origin.kernel.shape} values for "
+                                 f"{source.num_classes} classes, which do not match this model's "
+                                 f"{target.kernel.shape} for {self.num_classes} classes at {anchors} anchors.")
+            for mine, theirs in ((target.kernel, origin.kernel), (target.bias, origin.bias)):
+                values = mine.numpy().reshape(*mine.shape[:-1], anchors, 5 + self.num_classes)
+                values[..., :5] = theirs.numpy().reshape(*theirs.shape[:-1], anchors, 5 + source.num_classes)[..., :5]
+                mine.assign(values.reshape(mine.shape))
+                copied.append(mine.path)
+        return copied
+
     def assemble(self):
         cfg = self.config
         size = cfg.image_size
