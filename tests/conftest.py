@@ -1,5 +1,7 @@
 """Test configuration: quiet TensorFlow, deterministic seeds, shared paths."""
 
+import ctypes
+import gc
 import os
 import pathlib
 
@@ -19,6 +21,25 @@ def _seed():
     keras.utils.set_random_seed(0)
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_memory_after_module():
+    """Frees what a test file left behind, so a long-lived xdist worker does not grow to the machine's memory.
+
+    Measured on three model test files run in one process: resident memory grew by ~450 MB a file
+    without this, ~400 with it (clear_session drops Keras' global graph state; malloc_trim hands glibc's
+    freed arenas back to the system). Both workers of ``make test`` together reached 20 GB of 24 before.
+    """
+    yield
+    import keras
+
+    keras.backend.clear_session(free_memory=True)
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 @pytest.fixture
