@@ -81,21 +81,26 @@ def test_darknet_presets_keep_the_paper_training_rules():
     assert (model.config.objectness_target, model.box_loss.mode) == ("iou", "ciou")
 
 
-def test_objectness_target_iou_only_changes_the_objectness_loss():
+def check_only_objectness_loss_falls(setting: str, before, after):
+    """The same seeded tiny YOLOv3 with ``setting`` = before, then after: only ``obj_loss`` changes, and falls."""
     images, targets = synthetic_arrays(2, 64, seed=0)
     y = {k: tf.constant(v) for k, v in targets.items()}
     losses = []
-    for target in ("binary", "iou"):
+    for value in (before, after):
         keras.utils.set_random_seed(0)
-        model = YOLOV3(3, backbone="tiny", image_size=64, objectness_target=target)
+        model = YOLOV3(3, backbone="tiny", image_size=64, **{setting: value})
         model.compile(evaluate_coco=False)
         frame = model.frame_of(images)
         losses.append(model.compute_losses(model.targets_to_network(y, frame), model.raw_outputs(images), frame))
-    # At initialisation the decoded boxes overlap their boxes little: IoU targets are below 1, and the
-    # positives' loss at a prior of 0.01 is lower towards a small target.
     assert float(losses[1]["obj_loss"]) < float(losses[0]["obj_loss"])
     for name in ("box_loss", "cls_loss"):
         np.testing.assert_allclose(float(losses[1][name]), float(losses[0][name]), rtol=1e-6)
+
+
+def test_objectness_target_iou_only_changes_the_objectness_loss():
+    # At initialisation the decoded boxes overlap their boxes little: IoU targets are below 1, and the
+    # positives' loss at a prior of 0.01 is lower towards a small target.
+    check_only_objectness_loss_falls("objectness_target", "binary", "iou")
 
 
 def test_box_loss_is_zero_at_the_target_and_positive_elsewhere():
@@ -106,18 +111,8 @@ def test_box_loss_is_zero_at_the_target_and_positive_elsewhere():
 
 
 def test_anchor_ignore_band_only_removes_no_object_loss():
-    images, targets = synthetic_arrays(2, 64, seed=0)
-    y = {k: tf.constant(v) for k, v in targets.items()}
-    losses = []
-    for threshold in (None, 0.0):  # 0.0: every anchor touching a box is exempt from no-object loss
-        keras.utils.set_random_seed(0)
-        model = YOLOV3(3, backbone="tiny", image_size=64, anchor_ignore_iou=threshold)
-        model.compile(evaluate_coco=False)
-        frame = model.frame_of(images)
-        losses.append(model.compute_losses(model.targets_to_network(y, frame), model.raw_outputs(images), frame))
-    assert float(losses[1]["obj_loss"]) < float(losses[0]["obj_loss"])
-    for name in ("box_loss", "cls_loss"):
-        np.testing.assert_allclose(float(losses[1][name]), float(losses[0][name]), rtol=1e-6)
+    # 0.0: every anchor touching a box is exempt from no-object loss.
+    check_only_objectness_loss_falls("anchor_ignore_iou", None, 0.0)
 
 
 def test_anchors_scale_with_image_size(tiny_yolo):
