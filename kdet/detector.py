@@ -398,7 +398,27 @@ class Detector(keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         self.validate_arrays(x, y)
+        self.build_optimizer()
         return super().fit(x, y, *args, **kwargs)
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        self.build_optimizer()
+        return super().train_on_batch(x, y, *args, **kwargs)
+
+    def build_optimizer(self) -> None:
+        """Creates the optimizer's slot variables now, before the training step is traced.
+
+        Without a distribution strategy Keras defers this to the first trace of
+        the training step, and a ``tf.function`` whose first trace creates
+        variables is traced a second time: the first ``fit`` then traced the
+        whole step twice (18 s before the first step of a tiny EfficientDet on
+        2 cores, 10 s with this). Under a strategy Keras builds it itself, in
+        the strategy's scope. Does nothing when not compiled or already built.
+        """
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None or optimizer.built or getattr(self, "_distribute_strategy", None) is not None:
+            return
+        optimizer.build(self.trainable_variables)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         self.validate_arrays(x, y)
