@@ -108,6 +108,9 @@ TEST_ALL_ONLY = (
     "tests/zoo/test_torchvision_zoo.py::test_load_downloads_converts_caches_then_works_offline[ssd300_vgg16_coco]",
     "tests/test_training.py::test_mirrored_strategy_matches_one_device",
     "tests/models/test_mtcnn.py::test_xla_and_graph_modes_agree_and_each_compiles_once",
+    # EfficientDet trains with an IoU box loss through SingleStageDetector's shared loss path, which
+    # RetinaNet's test_box_loss_is_selectable[giou] covers in the fast suite.
+    "tests/models/test_efficientdet.py::test_iou_box_loss_trains",
 )
 
 

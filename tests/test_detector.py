@@ -224,3 +224,25 @@ def test_compile_augmentation_presets():
     x, y = synthetic_arrays(4, 64, seed=3)
     images, targets = Augmenter(**AUGMENT_PRESETS["standard"])(x, y)
     assert images.shape == x.shape and targets["boxes"].shape == y["boxes"].shape
+
+
+@pytest.mark.parametrize("call", ["fit", "train_on_batch"])
+def test_training_step_is_traced_once(call):
+    """The optimizer is built before the step is traced: a first trace that created its variables made
+    TensorFlow trace the whole step a second time (twice the start-up of every first fit)."""
+    x, y = synthetic_arrays(4, 128, seed=0)
+    model = TinyAnchorDetector()
+    model.compile(evaluate_coco=False, augment=None)
+    traces, step = [], model.train_step
+
+    def counted_step(data):  # Python runs only while TensorFlow traces
+        traces.append(1)
+        return step(data)
+
+    model.train_step = counted_step
+    for _ in range(2):
+        if call == "fit":
+            model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        else:
+            model.train_on_batch(x, y)
+    assert model.optimizer.built and len(traces) == 1, len(traces)

@@ -15,7 +15,8 @@ def tiny(**kwargs):
 
 @pytest.fixture(scope="module")
 def trained():
-    return checks.overfit(tiny, epochs=170)  # seeded inside
+    # AP50 on the 8 images (seed 0): 0.82 at 80 epochs, 0.94 at 100, 0.946 at 120, 0.96 at 170.
+    return checks.overfit(tiny, epochs=120)  # seeded inside
 
 
 def test_tiny_overfits_eight_images(trained):
@@ -50,6 +51,10 @@ def test_default_losses_follow_automl():
     assert isinstance(model.classification_loss, FocalLoss)
     assert (model.classification_loss.alpha, model.classification_loss.gamma) == (0.25, 1.5)
     assert isinstance(model.box_loss, EfficientDetHuberLoss)
+
+
+def test_iou_box_loss_trains():
+    model = tiny()
     model.compile(box_loss="ciou", evaluate_coco=False)
     x, y = checks.synthetic_arrays(2, 128, seed=2)
     logs = model.train_on_batch(x, y, return_dict=True)
