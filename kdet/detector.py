@@ -35,6 +35,8 @@ Calling the model with ``training=True`` returns the raw outputs (what
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 from typing import Any, ClassVar, Sequence
 
@@ -566,7 +568,8 @@ class Detector(keras.Model):
             def run(x):
                 self._set_untracked("_active_compiler", compiler)  # read at trace time by the hooks
                 try:
-                    return self(x, training=False)
+                    with self._inference_network():
+                        return self(x, training=False)
                 finally:
                     self._set_untracked("_active_compiler", None)
 
@@ -574,6 +577,32 @@ class Detector(keras.Model):
             fn = tf.function(run, jit_compile=compiler == "xla", input_signature=spec)
             self._inference_fns[key] = fn
         return fn
+
+    @contextlib.contextmanager
+    def _inference_network(self):
+        """While inference traces: ``self.network`` with its conv + batch-norm pairs folded, at low precision.
+
+        Under a bfloat16 / float16 policy every Keras batch norm round-trips its
+        input through float32; folded, yolov3-tiny's bf16 network ran in 14 ms
+        instead of 18 ms (416 px, batch 1, 2-core CPU). The folded copy shares
+        the variables (kdet.layers.folded_batch_norm), so it never goes stale.
+        Float32 networks run as built (bit-exact parity with upstream weights).
+        """
+        network = self.__dict__.get("network")
+        if not isinstance(network, keras.Model) or network.dtype_policy.compute_dtype == "float32":
+            yield
+            return
+        cached = self.__dict__.get("_folded_network")
+        if cached is None or cached[0] is not network:
+            from kdet.layers.folded_batch_norm import fold_batch_norms
+
+            cached = (network, fold_batch_norms(network))
+            self._set_untracked("_folded_network", cached)
+        object.__setattr__(self, "network", cached[1])  # untracked swap, for this trace only
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "network", network)
 
     def infer(self, inputs, compiler: str | None = None) -> dict:
         """Detections (NumPy) for one batch: images (B, H, W, 3) or a dict input."""

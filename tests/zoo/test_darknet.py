@@ -12,11 +12,15 @@ from kdet.zoo import darknet as dk
 from tests.zoo.helpers import opencv_yolo_raw
 
 
-def write_random_weights(cfg: pathlib.Path, path: pathlib.Path, seed: int = 0, minor: int = 2) -> int:
+def write_random_weights(cfg: pathlib.Path, path: pathlib.Path, seed: int = 0, minor: int = 2,
+                         predictor_bias: float = 0.0) -> int:
     """Writes a Darknet .weights file with random values for ``cfg``; returns the float count.
 
     Values keep activations O(1) through 75 layers: kernels ~ N(0, 1 / fan_in),
-    BN gamma and variance in [0.5, 1.5], small beta and mean.
+    BN gamma and variance in [0.5, 1.5], small beta and mean. ``predictor_bias``
+    shifts the biases of the convolutions without batch norm (the ones before
+    each ``[yolo]`` layer): at 0 about every anchor scores ~0.25 (dense scores);
+    a negative value leaves few candidates, as a trained model does.
     """
     specs = dk.conv_specs(dk.parse_cfg(cfg))
     rng = np.random.default_rng(seed)
@@ -26,7 +30,7 @@ def write_random_weights(cfg: pathlib.Path, path: pathlib.Path, seed: int = 0, m
     for spec in specs:
         n, fan_in = spec["filters"], spec["in_channels"] * spec["size"] ** 2
         arrays = ([rng.normal(0, 0.1, n), rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n), rng.uniform(0.5, 1.5, n)]
-                  if spec["batch_normalize"] else [rng.normal(0, 0.1, n)])
+                  if spec["batch_normalize"] else [rng.normal(predictor_bias, 0.1, n)])
         arrays.append(rng.normal(0, 1 / np.sqrt(fan_in), n * fan_in))
         for a in arrays:
             parts.append(a.astype(np.float32).tobytes())
