@@ -73,7 +73,7 @@ def test_yolov3(images, tmp_path):
                     anchor_image_size=320, ignore_threshold=0.6, pre_nms_top_k=300, bn_momentum=0.8,
                     neck_widths=(32, 24, 16), lateral_widths=(16, 16), neck_convs=(1, 1, 1), head_widths=(48, 32, 24),
                     extra_positive_iou=0.3, anchor_ignore_iou=0.6, objectness_target="binary", xy_scale=2.0,
-                    neighbour_cells=True)
+                    neighbour_cells=True, box_loss_weight=2.5)
     check_round_trip(YOLOV3, [settings], images, tmp_path, not_applicable={
         "min_size": "YOLOv3 predicts on a fixed canvas", "max_size": "YOLOv3 predicts on a fixed canvas"})
 

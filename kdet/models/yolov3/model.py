@@ -79,8 +79,13 @@ class YOLOV3Config(NMSConfig):
         objectness_target: "binary" (the paper: 1 for responsible anchors) or
             "iou" (YOLOv5-style: the IoU of the responsible anchor's decoded
             box with its ground truth, without gradient, so that the score
-            ranks boxes by localisation quality). "preset": "binary" for
-            Darknet, the ``presets.PRESETS`` value for "tiny".
+            ranks boxes by localisation quality). The objectness loss is then
+            reported as its KL divergence from the soft target (the
+            cross-entropy minus the target's entropy: the same gradient, and 0
+            when fitted). "preset": "binary" for Darknet, the
+            ``presets.PRESETS`` value for "tiny".
+        box_loss_weight: factor on the box loss (> 0). "preset": 1 for
+            Darknet (the paper's sum), the ``presets.PRESETS`` value for "tiny".
         bn_momentum, neck_widths, lateral_widths, neck_convs, head_widths:
             None: the preset of ``backbone`` (``presets.PRESETS``).
     """
@@ -102,6 +107,7 @@ class YOLOV3Config(NMSConfig):
     objectness_target: str = "preset"
     xy_scale: Any = "preset"
     neighbour_cells: Any = "preset"
+    box_loss_weight: Any = "preset"
 
     def preset(self) -> dict:
         name = canonical_name(self.backbone)
@@ -119,7 +125,8 @@ class YOLOV3Config(NMSConfig):
             if getattr(self, key) is None:
                 self._set(key, preset[key])
         for key, paper in (("extra_positive_iou", None), ("anchor_ignore_iou", None),
-                           ("objectness_target", "binary"), ("xy_scale", 1.0), ("neighbour_cells", False)):
+                           ("objectness_target", "binary"), ("xy_scale", 1.0), ("neighbour_cells", False),
+                           ("box_loss_weight", 1.0)):
             if getattr(self, key) == "preset":
                 self._set(key, preset.get(key, paper))
 
@@ -136,6 +143,10 @@ class YOLOV3Config(NMSConfig):
         if not isinstance(self.xy_scale, (int, float)) or not 1.0 <= self.xy_scale <= 3.0:
             raise ValueError(f"xy_scale must be a number in [1, 3] (Darknet's scale_x_y); received {self.xy_scale!r}.")
         self._set("xy_scale", float(self.xy_scale))
+        weight = self.box_loss_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+            raise ValueError(f"box_loss_weight must be a finite number > 0; received {weight!r}.")
+        self._set("box_loss_weight", float(weight))
         if not isinstance(self.neighbour_cells, bool):
             raise ValueError(f"neighbour_cells must be True or False; received {self.neighbour_cells!r}.")
         if self.neighbour_cells and self.xy_scale < 2.0:
@@ -324,6 +335,10 @@ class YOLOV3(Detector):
             quality = tf.stop_gradient(aligned_iou(decoded, matched))
             obj_target = positive * tf.clip_by_value(quality, 0.0, 1.0)
         obj_values = per_anchor(self.objectness_loss, obj_target[..., None], raw["obj"])
+        if self.config.objectness_target == "iou":
+            # Cross-entropy minus the soft target's entropy (a constant: same gradient) = KL, 0 when fitted.
+            entropy = -(tf.math.xlogy(obj_target, obj_target) + tf.math.xlogy(1.0 - obj_target, 1.0 - obj_target))
+            obj_values = obj_values - entropy
         obj_loss = tf.reduce_sum(obj_values * (1.0 - ignore)) / batch
         # Box-loss scale 2 - w * h (w, h relative to the image) favours small boxes.
         relative_area = (matched[..., 2] - matched[..., 0]) * (matched[..., 3] - matched[..., 1]) / float(
@@ -333,7 +348,7 @@ class YOLOV3(Detector):
             box_values = per_anchor(self.box_loss, matched, decoded)
         else:
             box_values = per_anchor(self.box_loss, targets["box_targets"], raw["box"])
-        box_loss = tf.reduce_sum(box_values * box_weight) / batch
+        box_loss = self.config.box_loss_weight * tf.reduce_sum(box_values * box_weight) / batch
         onehot = tf.one_hot(targets["labels"], self.num_classes)  # -1 -> zeros (unused: weight 0)
         cls_values = per_anchor(self.classification_loss, onehot, tf.cast(raw["cls"], tf.float32))
         cls_loss = tf.reduce_sum(cls_values * positive) / batch
