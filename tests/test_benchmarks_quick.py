@@ -98,6 +98,10 @@ def test_keras_cv_detections_convert_to_kdet_dict():
     np.testing.assert_array_equal(out["labels"], [[2, 1, -1]])
     np.testing.assert_allclose(out["scores"], [[0.9, 0.5, 0.0]])
     assert out["num_detections"].dtype == np.int32
+    # keras-hub's RetinaNetObjectDetector names the classes "labels".
+    hub = {**{k: v for k, v in pred.items() if k != "classes"}, "labels": np.array([[0, 2, 1]]),
+           "num_detections": np.array([1])}
+    np.testing.assert_array_equal(keras_cv_to_kdet(hub)["labels"], [[0, -1, -1]])
 
 
 def test_run_all_assembles_page(tmp_path):
