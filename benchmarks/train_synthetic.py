@@ -30,8 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import _models, machine_summary, markdown_table, publish, target  # noqa: E402
 
-# The generalisation bar of the architecture issues (the protocol and the AP50 it must reach).
-BAR = {"train_images": 200, "test_images": 100, "epochs": 30, "batch_size": 8, "AP50": 0.5}
+# The generalisation bar: the architecture issues' protocol, and the AP50 issue 20 asks of it (0.5 before).
+BAR = {"train_images": 200, "test_images": 100, "epochs": 30, "batch_size": 8, "AP50": 0.9}
 
 # name -> builder of an uncompiled detector for `num_classes` classes taking raw 128-px images
 # (one line per configuration).
