@@ -60,6 +60,15 @@ def check_probability(name: str, value: Any, *, allow_zero: bool = True,
     return value
 
 
+def check_positive_number(name: str, value: Any) -> float:
+    """Checks a finite number > 0 (a weight, a scale); returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+        0 < value < math.inf
+    ):
+        raise ValueError(f"{name} must be a finite number > 0; received {value!r}.")
+    return float(value)
+
+
 def check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
     """Checks a strictly positive (or non-negative) Python integer."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (

@@ -29,7 +29,7 @@ from kdet.models.yolov3.presets import (ANCHOR_IMAGE_SIZE, BACKBONE_NAMES, PRESE
 from kdet.necks.yolo_fpn import yolo_fpn, yolo_fpn_conv_names
 from kdet.ops.boxes import aligned_iou, iou
 from kdet.targets.yolo_assigner import YOLOAssigner
-from kdet.validation import check_image_size, check_positive_int, check_probability
+from kdet.validation import check_image_size, check_positive_int, check_positive_number, check_probability
 
 # darknet yolov3.cfg: learning_rate 1e-3, batch 64, decay 5e-4, burn_in 1000.
 YOLOV3_RECIPE = TrainingRecipe("sgd", 1e-3, 64, 5e-4, 0.9, 1000,
@@ -143,10 +143,7 @@ class YOLOV3Config(NMSConfig):
         if not isinstance(self.xy_scale, (int, float)) or not 1.0 <= self.xy_scale <= 3.0:
             raise ValueError(f"xy_scale must be a number in [1, 3] (Darknet's scale_x_y); received {self.xy_scale!r}.")
         self._set("xy_scale", float(self.xy_scale))
-        weight = self.box_loss_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
-            raise ValueError(f"box_loss_weight must be a finite number > 0; received {weight!r}.")
-        self._set("box_loss_weight", float(weight))
+        self._set("box_loss_weight", check_positive_number("box_loss_weight", self.box_loss_weight))
         if not isinstance(self.neighbour_cells, bool):
             raise ValueError(f"neighbour_cells must be True or False; received {self.neighbour_cells!r}.")
         if self.neighbour_cells and self.xy_scale < 2.0:
