@@ -86,3 +86,16 @@ def coco_ap50(y_true: dict, y_pred: dict) -> float:
         ev.accumulate()
         ev.summarize()
     return float(ev.stats[1])
+
+
+def fit_one_batch(model, x, y: dict, epochs: int):
+    """``model.fit`` on the whole of ``(x, y)`` as one batch, ``epochs`` times (one step an epoch).
+
+    The same training as ``fit(x, y, batch_size=len(x), epochs=epochs)`` (the order of the images inside the
+    batch aside), through one dataset iterator: Keras builds a new iterator over array inputs every epoch,
+    ~30 ms each on 2 cores, as long as a tiny model's step. ``history`` keeps one entry an epoch.
+    """
+    import tensorflow as tf
+
+    batches = tf.data.Dataset.from_tensors((x, y)).repeat()
+    return model.fit(batches, epochs=epochs, steps_per_epoch=1, verbose=0)

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from kdet.data import synthetic_arrays
 from tests.conftest import REPO
-from tests.helpers import coco_ap50
+from tests.helpers import coco_ap50, fit_one_batch
 
 
 def fit_eight_images(build, epochs: int, evaluate_coco: bool = True):
@@ -29,7 +29,7 @@ def fit_eight_images(build, epochs: int, evaluate_coco: bool = True):
     x, y = synthetic_arrays(8, 128, seed=0)
     model = build()
     model.compile(evaluate_coco=evaluate_coco, augment=None)
-    history = model.fit(x, y, batch_size=8, epochs=epochs, verbose=0)
+    history = fit_one_batch(model, x, y, epochs)
     return model, x, y, history
 
 

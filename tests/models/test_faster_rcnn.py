@@ -11,7 +11,7 @@ from kdet.data import synthetic_arrays
 from kdet.models import FasterRCNN
 from kdet.models.faster_rcnn import compress_box_head
 from kdet.targets.samplers import RoITargetSampler, balanced_sample
-from tests.helpers import coco_ap50
+from tests.helpers import coco_ap50, fit_one_batch
 
 LEARNING_EPOCHS = 70
 
@@ -24,7 +24,7 @@ def trained():
     model = FasterRCNN(3, backbone="tiny", image_size=128, seed=1)
     # A memorisation test: no flip augmentation (the slow generalisation bar trains with it).
     model.compile(evaluate_coco=False, augment=None)
-    history = model.fit(x, y, batch_size=8, epochs=LEARNING_EPOCHS, verbose=0)
+    history = fit_one_batch(model, x, y, LEARNING_EPOCHS)
     return model, x, y, history.history
 
 

@@ -13,7 +13,7 @@ from kdet.metrics import coco_map
 from kdet.models import MaskRCNN
 from kdet.ops import paste_masks
 from kdet.optimizers import FusedAdam
-from tests.helpers import coco_ap50
+from tests.helpers import coco_ap50, fit_one_batch
 from tests.ops.test_roi import ref_roi_align
 
 # Steps of the memorisation test (8 images, one batch per epoch) at a constant Adam 1e-3: box and mask
@@ -33,7 +33,7 @@ def trained():
     x, y = synthetic_arrays(8, 128, seed=0, masks=True)
     model = MaskRCNN(3, backbone="tiny", image_size=128, seed=1)
     model.compile(optimizer=FusedAdam(1e-3, global_clipnorm=10.0), evaluate_coco=False, augment=None)
-    history = model.fit(x, y, batch_size=8, epochs=LEARNING_EPOCHS, verbose=0)
+    history = fit_one_batch(model, x, y, LEARNING_EPOCHS)
     return model, x, y, history.history
 
 
