@@ -11,7 +11,9 @@ step-dependent scalars are computed once per step, not once per variable.
 
 These classes are drop-in subclasses: same arguments, same config, same
 results to float rounding (``tests/test_optimizers.py`` compares them with
-Keras' own). AMSGrad, and backends other than TensorFlow, take Keras' path.
+Keras' own). ``global_clipnorm`` computes the norm in one read of each
+gradient and rescales only when the norm is over the bound. AMSGrad, and
+backends other than TensorFlow, take Keras' path.
 """
 
 from __future__ import annotations
@@ -45,6 +47,29 @@ class _FusedSteps:
 
     def _fused_update(self, gradient, variable, scalars: dict) -> None:
         raise NotImplementedError
+
+    def _clip_gradients(self, grads):
+        """Keras' global-norm clipping, in fewer passes over the gradients: the norm from ``l2_loss`` (one
+        read of each gradient; Keras squares into a temporary), and the scaling only when the norm is over the
+        bound or not finite (Keras multiplies every gradient by a scale of 1.0 otherwise). Same results."""
+        if not (_on_tensorflow() and self.global_clipnorm and self.global_clipnorm > 0 and not self.clipnorm):
+            return super()._clip_gradients(grads)
+        import tensorflow as tf
+
+        present = [g for g in grads if g is not None]
+        if not present:
+            return grads
+        norm = tf.linalg.global_norm(present)
+        bound = float(self.global_clipnorm)
+
+        def scaled():
+            # Keras' rule: clip * min(1 / norm, 1 / clip), NaN for an inf / NaN norm.
+            scale = bound * tf.minimum(1.0 / norm, 1.0 / bound) + (norm - norm)
+            return [g * tf.cast(scale, g.dtype) for g in present]
+
+        within = tf.math.is_finite(norm) & (norm <= bound)
+        clipped = iter(tf.cond(within, lambda: [tf.identity(g) for g in present], scaled))
+        return [next(clipped) if g is not None else None for g in grads]
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if self._uses_fused_kernels():

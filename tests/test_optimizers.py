@@ -18,6 +18,7 @@ SETTINGS = [
     (keras.optimizers.Adam, FusedAdam, dict(learning_rate=keras.optimizers.schedules.ExponentialDecay(0.05, 3, 0.5),
                                             beta_1=0.8, beta_2=0.99, epsilon=1e-3, weight_decay=0.01,
                                             global_clipnorm=1.0)),
+    (keras.optimizers.Adam, FusedAdam, dict(learning_rate=0.05, global_clipnorm=100.0)),  # the norm is within
     (keras.optimizers.Adam, FusedAdam, dict(learning_rate=0.05, amsgrad=True)),  # Keras' path
     (keras.optimizers.SGD, FusedSGD, dict(learning_rate=0.05, momentum=0.9)),
     (keras.optimizers.SGD, FusedSGD, dict(learning_rate=0.05, momentum=0.8, nesterov=True, weight_decay=1e-3,
@@ -47,6 +48,15 @@ def test_updates_equal_keras(keras_class, fused_class, settings):
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)  # float rounding; a step moves ~0.05
         assert not np.allclose(g, _train(keras_class, settings, steps=0)[0 if e.ndim == 2 else 1])
+
+
+def test_a_nan_gradient_poisons_every_update_as_in_keras():
+    # Keras' global-norm clipping turns a non-finite norm into a NaN scale for every gradient.
+    for optimizer_class in (keras.optimizers.Adam, FusedAdam):
+        variables = [keras.Variable(np.ones(3, np.float32)), keras.Variable(np.ones(2, np.float32))]
+        optimizer_class(learning_rate=0.1, global_clipnorm=1.0).apply_gradients(
+            zip([tf.constant([np.nan, 0.0, 0.0]), tf.constant([1.0, 1.0])], variables))
+        assert all(np.isnan(v.numpy()).all() for v in variables), optimizer_class
 
 
 def test_bfloat16_variables_update_like_keras():
