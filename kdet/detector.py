@@ -503,9 +503,9 @@ class Detector(keras.Model):
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=1e-4, decay_steps=1, alpha=1.0, warmup_target=1e-3, warmup_steps=100
         )
-        from kdet.optimizers import FusedAdam
+        from kdet.optimizers import Adam
 
-        return FusedAdam(learning_rate=schedule, global_clipnorm=10.0)
+        return Adam(learning_rate=schedule, global_clipnorm=10.0)
 
     def default_box_loss(self):
         from kdet.losses import SmoothL1Loss

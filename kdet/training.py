@@ -99,12 +99,12 @@ def make_optimizer(defaults: TrainingDefaults, total_steps: int, batch_size: int
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=learning_rate * 0.1, decay_steps=max(1, total_steps - warmup_steps), alpha=0.01,
         warmup_target=learning_rate, warmup_steps=warmup_steps)
-    from kdet.optimizers import FusedAdam, FusedSGD
+    from kdet.optimizers import Adam, SGD
 
     if defaults.optimizer == "sgd":
-        return FusedSGD(schedule, momentum=defaults.momentum, weight_decay=defaults.weight_decay or None,
+        return SGD(schedule, momentum=defaults.momentum, weight_decay=defaults.weight_decay or None,
                         global_clipnorm=10.0)
-    return FusedAdam(schedule, weight_decay=defaults.weight_decay or None, global_clipnorm=10.0)
+    return Adam(schedule, weight_decay=defaults.weight_decay or None, global_clipnorm=10.0)
 
 
 def build_model(model, num_classes: int | None = None, image_size=None, backbone: str | None = None,

@@ -15,7 +15,7 @@ from kdet.data import synthetic_arrays
 from kdet.export import litert_operator_types, litert_operators, run_litert
 from kdet.export.parity import top_detection_matches
 from kdet.export.quantize import network_scopes, representative_batches
-from tests.helpers import TinyAnchorDetector, fit_one_batch
+from tests.helpers import TinyAnchorDetector
 
 CONFIDENT = 0.3  # Keras detections at least this sure must all be reproduced
 # Fraction of all Keras top-10 detections reproduced (0.94 measured): the misses are low-score
@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
     x, y = synthetic_arrays(8, 128, seed=0)
     model = TinyAnchorDetector()
     model.compile(evaluate_coco=False, augment=None)  # a memorisation fixture: no flips
-    fit_one_batch(model, x, y, 100)
+    model.fit(x, y, batch_size=8, epochs=100, verbose=0)
     x = x.astype(np.float32)
     path = kdet.export.litert(model, tmp_path_factory.mktemp("int8") / "int8.tflite", quantization="int8",
                               representative_data=x)

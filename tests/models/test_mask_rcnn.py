@@ -12,7 +12,7 @@ from kdet.layers.image_preprocessing import boxes_to_network
 from kdet.metrics import coco_map
 from kdet.models import MaskRCNN
 from kdet.ops import paste_masks
-from kdet.optimizers import FusedAdam
+from kdet.optimizers import Adam
 from tests.helpers import coco_ap50, fit_one_batch
 from tests.ops.test_roi import ref_roi_align
 
@@ -32,7 +32,7 @@ def trained():
     keras.utils.set_random_seed(0)
     x, y = synthetic_arrays(8, 128, seed=0, masks=True)
     model = MaskRCNN(3, backbone="tiny", image_size=128, seed=1)
-    model.compile(optimizer=FusedAdam(1e-3, global_clipnorm=10.0), evaluate_coco=False, augment=None)
+    model.compile(optimizer=Adam(1e-3, global_clipnorm=10.0), evaluate_coco=False, augment=None)
     history = fit_one_batch(model, x, y, LEARNING_EPOCHS)
     return model, x, y, history.history
 

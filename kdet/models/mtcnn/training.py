@@ -37,7 +37,7 @@ from kdet.models.mtcnn import cascade
 from kdet.models.mtcnn.model import MTCNN
 from kdet.models.mtcnn.networks import ONET_SIZE, PNET_CELL, RNET_SIZE, build_onet, build_pnet, build_rnet, logits_model
 from kdet.ops.boxes import convert_format, iou_numpy
-from kdet.optimizers import FusedAdam
+from kdet.optimizers import Adam
 
 #: IoU bands of the paper (Sec. III-A).
 POSITIVE_IOU, PART_IOU, NEGATIVE_IOU = 0.65, 0.4, 0.3
@@ -254,7 +254,7 @@ def train_stage(net: keras.Model, stage: str, samples: dict, epochs: int = 10, b
                 learning_rate: float = 1e-3, verbose: int = 0) -> keras.callbacks.History:
     """Fits one network on its generated samples with ``model.fit`` (Adam, OHEM)."""
     trainer = StageTrainer(net, stage)
-    trainer.compile(optimizer=FusedAdam(learning_rate))
+    trainer.compile(optimizer=Adam(learning_rate))
     y = {k: samples[k] for k in ("label", "box", "landmarks", "landmark_mask")}
     return trainer.fit(samples["images"], y, epochs=epochs, batch_size=batch_size, shuffle=True,
                        verbose=verbose)
