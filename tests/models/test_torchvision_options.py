@@ -80,6 +80,10 @@ def test_faster_rcnn_on_mobilenet_v3_taps(images):
     assert counts == [4 * 4 * 15, 4 * 4 * 15, 2 * 2 * 15] and anchors.shape == (sum(counts), 4)
     # Both stride-32 levels share one grid (spacing 32): their anchors coincide.
     np.testing.assert_array_equal(anchors[:counts[0]], anchors[counts[0]:2 * counts[0]])
+
+
+def test_faster_rcnn_on_mobilenet_v3_predicts_alike_at_batch_1_and_3(images):
+    model = FasterRCNN(3, backbone="mobilenet_v3_large", image_size=128, score_threshold=0.0)
     one = model.predict(images[0][:1], verbose=0)
     three = model.predict(images[0], verbose=0)  # XLA at batch 1 and 3
     np.testing.assert_allclose(one["boxes"][0], three["boxes"][0], atol=1e-3)
