@@ -18,7 +18,7 @@ from kdet.version import __version__
 
 _SUBMODULES = (
     "ops", "layers", "backbones", "necks", "heads", "targets", "losses",
-    "models", "data", "metrics", "export", "zoo", "visualization",
+    "models", "data", "metrics", "export", "zoo", "visualization", "optimizers",
 )
 
 
