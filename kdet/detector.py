@@ -49,6 +49,7 @@ from kdet.data.images import load_image
 from kdet.layers.image_preprocessing import (ImagePreprocessing, boxes_to_input, boxes_to_network,
                                              points_to_input)
 from kdet.ops.boxes import convert_format
+from kdet.optimizers import Adam
 from kdet.validation import check_degenerate_xyxy, check_ground_truth, check_images, check_positive_int
 
 logger = logging.getLogger("kdet")
@@ -498,13 +499,11 @@ class Detector(keras.Model):
 
     # Defaults a subclass may override.
     def default_optimizer(self):
-        """Adam (Keras', with fused per-variable updates: ``kdet.optimizers``) with a linear warm-up to 1e-3
+        """Adam (Keras' updates, traced in fewer ops: ``kdet.optimizers``) with a linear warm-up to 1e-3
         and global-norm clipping."""
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=1e-4, decay_steps=1, alpha=1.0, warmup_target=1e-3, warmup_steps=100
         )
-        from kdet.optimizers import Adam
-
         return Adam(learning_rate=schedule, global_clipnorm=10.0)
 
     def default_box_loss(self):

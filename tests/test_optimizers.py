@@ -130,3 +130,33 @@ def test_mirrored_strategy_updates_equal_keras(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     for name, (expected, got) in json.loads(run.stdout.split("RESULT")[-1]).items():
         np.testing.assert_array_equal(got, expected, err_msg=name)
+
+
+LOAD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {repo!r})
+    import keras
+    import kdet.models  # noqa: F401  (what a user imports; kdet.optimizers is not imported by hand)
+
+    model = keras.models.load_model(sys.argv[1])
+    print("OPTIMIZER", type(model.optimizer).__module__, type(model.optimizer).__name__, model.compiled)
+""")
+
+
+def test_a_saved_detector_compiles_again_in_a_fresh_process(tmp_path):
+    # compile_from_config deserialises "kdet>Adam": the class must be registered without importing
+    # kdet.optimizers by hand (the first version of this module was not, and load_model raised TypeError).
+    from kdet.data import synthetic_arrays
+    from kdet.models import RetinaNet
+
+    model = RetinaNet(3, backbone="tiny", image_size=64)
+    model.compile(evaluate_coco=False)
+    x, y = synthetic_arrays(2, 64)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    script = tmp_path / "load.py"
+    script.write_text(LOAD.format(repo=str(REPO)))
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "model.keras")], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "OPTIMIZER kdet.optimizers Adam True" in run.stdout
