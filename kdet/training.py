@@ -42,6 +42,7 @@ import tensorflow as tf
 from kdet.config import SCRATCH_RECIPE, TrainingRecipe
 from kdet.distribute import STRATEGIES, get_strategy, is_chief  # noqa: F401  (public here too)
 from kdet.distribute import distributed_stream, fit_scope, write_dir
+from kdet.optimizers import SGD, Adam
 from kdet.validation import check_image_size, check_positive_int
 
 logger = logging.getLogger("kdet.training")
@@ -99,11 +100,9 @@ def make_optimizer(defaults: TrainingDefaults, total_steps: int, batch_size: int
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=learning_rate * 0.1, decay_steps=max(1, total_steps - warmup_steps), alpha=0.01,
         warmup_target=learning_rate, warmup_steps=warmup_steps)
-    from kdet.optimizers import Adam, SGD
-
     if defaults.optimizer == "sgd":
         return SGD(schedule, momentum=defaults.momentum, weight_decay=defaults.weight_decay or None,
-                        global_clipnorm=10.0)
+                   global_clipnorm=10.0)
     return Adam(schedule, weight_decay=defaults.weight_decay or None, global_clipnorm=10.0)
 
 
