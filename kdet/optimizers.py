@@ -40,16 +40,12 @@ class _LeanSteps:
     ``_backend_update_step`` (replica context) through the strategy's
     ``merge_call`` and ``extended.update`` to each ``update_step``, so a dict of
     scalars computed once per replica arrives, per device, at every variable.
+
+    Each optimizer below defines ``_uses_lean_steps()`` (whether its settings
+    take this path), ``_step_scalars(learning_rate)`` (the dict) and
+    ``_lean_update(gradient, variable, scalars)`` (Keras' arithmetic for one
+    variable).
     """
-
-    def _uses_lean_steps(self) -> bool:
-        raise NotImplementedError
-
-    def _step_scalars(self, learning_rate) -> dict:
-        raise NotImplementedError
-
-    def _lean_update(self, gradient, variable, scalars: dict) -> None:
-        raise NotImplementedError
 
     def _clip_gradients(self, grads):
         if not (_on_tensorflow() and self.global_clipnorm and self.global_clipnorm > 0 and not self.clipnorm):
