@@ -33,6 +33,7 @@ from typing import Mapping
 
 import keras
 
+from kdet.layers.batch_normalization import BatchNormalization
 from kdet.validation import check_input_size
 
 # torchvision _mobilenet_v3_conf("mobilenet_v3_large") / Howard et al. 2019 Table 1:
@@ -80,7 +81,7 @@ def _conv_bn(x, filters, kernel, stride, name, bn, activation=None, depthwise=Fa
         x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False, name=name)(x)
     else:
         x = keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=name)(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn", **bn)(x)
+    x = BatchNormalization(name=f"{name}_bn", **bn)(x)
     if activation is not None:
         x = keras.layers.Activation(activation, name=f"{name}_act")(x)
     return x

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import keras
 
+from kdet.layers.batch_normalization import BatchNormalization
 from kdet.validation import check_input_size
 
 # Bottleneck blocks per stage (conv2..conv5), He et al. 2016, table 1.
@@ -35,7 +36,7 @@ def _bottleneck(x, filters, stride, shortcut_conv, name, style, bn_momentum):
     stride_in_1x1, use_bias, eps = STYLES[style]
 
     def bn(y, suffix):
-        return keras.layers.BatchNormalization(epsilon=eps, momentum=bn_momentum, name=f"{name}_{suffix}_bn")(y)
+        return BatchNormalization(epsilon=eps, momentum=bn_momentum, name=f"{name}_{suffix}_bn")(y)
 
     if shortcut_conv:
         shortcut = keras.layers.Conv2D(4 * filters, 1, strides=stride, use_bias=use_bias, name=f"{name}_0_conv")(x)
@@ -89,7 +90,7 @@ def resnet_backbone(depth: int = 50, image_size=(512, 512), style: str = "torchv
     inputs = keras.Input((height, width, 3), name="images")
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = keras.layers.Conv2D(64, 7, strides=2, use_bias=use_bias, name="conv1_conv")(x)
-    x = keras.layers.BatchNormalization(epsilon=eps, momentum=bn_momentum, name="conv1_bn")(x)
+    x = BatchNormalization(epsilon=eps, momentum=bn_momentum, name="conv1_bn")(x)
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     # Zero padding equals torchvision's implicit -inf padding here: inputs are >= 0 after ReLU.
     x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)

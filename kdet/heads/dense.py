@@ -7,6 +7,8 @@ from typing import Sequence
 
 import keras
 
+from kdet.layers.batch_normalization import BatchNormalization
+
 # torchvision's v2 heads: nn.GroupNorm(32, channels), eps 1e-5 (PyTorch's default; Keras' is 1e-3).
 GROUPS = 32
 GROUP_NORM_EPSILON = 1e-5
@@ -73,8 +75,8 @@ def dense_head(features: Sequence, num_anchors: int, num_outputs: int, depth: in
         for i, conv in enumerate(convs):
             x = conv(x)
             if norm == "batch":
-                x = keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon,
-                                                    name=f"{name}_bn{i}_l{level}")(x)
+                x = BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon,
+                                       name=f"{name}_bn{i}_l{level}")(x)
             elif norm == "group":
                 x = group_norms[i](x)
             x = keras.layers.Activation(activation, name=f"{name}_act{i}_l{level}")(x)

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import keras
 
+from kdet.layers.batch_normalization import BatchNormalization
+
 # torchvision's TwoMLPHead representation size and FastRCNNPredictor.
 REPRESENTATION_SIZE = 1024
 # Detectron's initialisation of the predictors (normal 0.01 for scores, 0.001 for deltas).
@@ -28,7 +30,7 @@ def _fc(x, units: int, name: str, rank: int | None):
 def _conv_bn_relu(x, width: int, name: str):
     """torchvision's ``Conv2dNormActivation(norm_layer=nn.BatchNorm2d)``: bias-free 3x3 conv, BN, ReLU."""
     x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=name)(x)
-    x = keras.layers.BatchNormalization(epsilon=CONV_BN_EPSILON, momentum=CONV_BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = BatchNormalization(epsilon=CONV_BN_EPSILON, momentum=CONV_BN_MOMENTUM, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 

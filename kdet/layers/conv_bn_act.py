@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from kdet.layers.batch_normalization import BatchNormalization
+
 
 def conv_bn_act(x, filters: int, kernel_size: int = 3, strides: int = 1, activation="relu",
                 separable: bool = False, use_bn: bool = True, name: str | None = None,
@@ -27,7 +29,7 @@ def conv_bn_act(x, filters: int, kernel_size: int = 3, strides: int = 1, activat
     x = conv_cls(filters, kernel_size, strides=strides, padding="same", use_bias=not use_bn,
                  dilation_rate=dilation_rate, name=prefix("conv"))(x)
     if use_bn:
-        x = keras.layers.BatchNormalization(epsilon=bn_epsilon, momentum=bn_momentum, name=prefix("bn"))(x)
+        x = BatchNormalization(epsilon=bn_epsilon, momentum=bn_momentum, name=prefix("bn"))(x)
     if activation is not None:
         if activation == "leaky_relu":
             x = keras.layers.LeakyReLU(negative_slope=0.1, name=prefix("act"))(x)

@@ -31,6 +31,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from kdet.layers.batch_normalization import BatchNormalization
+
 FUSION_METHODS = ("fastattn", "attn", "sum")
 # Fast normalised fusion epsilon, Tan et al. 2020, eq. (3) / automl's 0.0001.
 FUSION_EPSILON = 1e-4
@@ -117,7 +119,7 @@ class WeightedFusion(keras.layers.Layer):
 
 
 def _bn(x, name, momentum, epsilon):
-    return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)(x)
+    return BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)(x)
 
 
 def _resample(x, from_level, to_level, width, name, bn_momentum, bn_epsilon):

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import keras
 
+from kdet.layers.batch_normalization import BatchNormalization
+
 # torchvision's FeaturePyramidNetwork(norm_layer=nn.BatchNorm2d) (fasterrcnn_resnet50_fpn_v2):
 # PyTorch BatchNorm2d defaults, eps 1e-5 and momentum 0.1 (Keras momentum 0.9).
 FPN_BN_EPSILON = 1e-5
@@ -17,7 +19,7 @@ def _conv_norm(x, width: int, kernel: int, norm: str | None, name: str):
     """Conv (bias only without a norm, as torchvision's Conv2dNormActivation) [-> BatchNorm ``{name}_bn``]."""
     x = keras.layers.Conv2D(width, kernel, padding="same", use_bias=norm is None, name=name)(x)
     if norm == "batch":
-        x = keras.layers.BatchNormalization(epsilon=FPN_BN_EPSILON, momentum=FPN_BN_MOMENTUM, name=f"{name}_bn")(x)
+        x = BatchNormalization(epsilon=FPN_BN_EPSILON, momentum=FPN_BN_MOMENTUM, name=f"{name}_bn")(x)
     return x
 
 

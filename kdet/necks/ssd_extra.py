@@ -16,6 +16,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from kdet.layers.batch_normalization import BatchNormalization
+
 # (reduce channels, output channels, kernel, stride, padding) of each extra block.
 # SSD300 (torchvision ssd300_vgg16 / Caffe): conv8_2 .. conv11_2 -> 10, 5, 3, 1 at 300 px.
 SSD300_EXTRAS = ((256, 512, 3, 2, 1), (128, 256, 3, 2, 1), (128, 256, 3, 1, 0), (128, 256, 3, 1, 0))
@@ -103,5 +105,5 @@ def ssd_extra_layers(x, blocks: Sequence[Sequence[int]] = SSD300_EXTRAS, separab
 
 def _conv_bn_relu6(x, conv):
     x = conv(x)
-    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.97, name=f"{conv.name}_bn")(x)
+    x = BatchNormalization(epsilon=1e-3, momentum=0.97, name=f"{conv.name}_bn")(x)
     return keras.layers.ReLU(6.0, name=f"{conv.name}_relu6")(x)

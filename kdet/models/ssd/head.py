@@ -6,6 +6,8 @@ from typing import Sequence
 
 import keras
 
+from kdet.layers.batch_normalization import BatchNormalization
+
 
 # SSDLite's batch norms (torchvision ssdlite320_mobilenet_v3_large: BatchNorm2d(eps=0.001, momentum=0.03)).
 SSDLITE_BN = {"epsilon": 1e-3, "momentum": 0.97}
@@ -19,7 +21,7 @@ def _predictor(x, outputs: int, block: str, name: str):
         return keras.layers.SeparableConv2D(outputs, 3, padding="same", name=name)(x)
     # torchvision's _prediction_block: Conv2dNormActivation(groups=C, ReLU6), then a biased 1x1 conv.
     x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"{name}_depthwise")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_depthwise_bn", **SSDLITE_BN)(x)
+    x = BatchNormalization(name=f"{name}_depthwise_bn", **SSDLITE_BN)(x)
     x = keras.layers.ReLU(6.0, name=f"{name}_depthwise_relu6")(x)
     return keras.layers.Conv2D(outputs, 1, name=name)(x)
 
