@@ -30,9 +30,14 @@ def _train_call(layer, x, weights):
     return [np.asarray(t, np.float32) for t in (y, *grads)]
 
 
-def _uses_fused_kernel(layer, x, mask=None) -> bool:
+def _fused_kernel_dtypes(layer, x, mask=None) -> list:
+    """Input dtypes of the FusedBatchNormV3 ops a training call of ``layer`` on ``x`` traces."""
     graph = tf.function(lambda t: layer(t, training=True, mask=mask)).get_concrete_function(x).graph
-    return any(op.type == "FusedBatchNormV3" for op in graph.get_operations())
+    return [op.inputs[0].dtype for op in graph.get_operations() if op.type == "FusedBatchNormV3"]
+
+
+def _uses_fused_kernel(layer, x, mask=None) -> bool:
+    return bool(_fused_kernel_dtypes(layer, x, mask))
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"epsilon": 1e-5, "momentum": 0.9},
@@ -59,10 +64,11 @@ def test_inference_and_unfusable_calls_are_keras_bit_for_bit():
     ours.trainable = theirs.trainable = False  # frozen: moving statistics even when training
     np.testing.assert_array_equal(ours(x, training=True), theirs(x, training=True))
     np.testing.assert_array_equal(ours.moving_mean, theirs.moving_mean)
-    # 2-D inputs, masks and renorm run Keras' own training code.
+    # 2-D inputs, masks, renorm, channels-first and float64 run Keras' own training code.
     flat = tf.constant(rng.normal(size=(6, 5)), tf.float32)
     cases = [({}, flat, None), ({}, x, tf.constant(rng.uniform(size=(2, 4, 4)) > 0.3)),
-             ({"renorm": True}, x, None), ({"axis": 1}, x, None)]
+             ({"renorm": True}, x, None), ({"axis": 1}, x, None),
+             ({"dtype": "float64"}, tf.cast(x, tf.float64), None)]
     for kwargs, inputs, mask in cases:
         ours, theirs = _pair(inputs.shape, rng, **kwargs)
         assert not _uses_fused_kernel(ours, inputs, mask)
@@ -76,6 +82,7 @@ def test_mixed_bfloat16_keeps_float32_statistics():
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(1.0, 2.0, (4, 6, 6, 8)), tf.bfloat16)
     ours, theirs = _pair(x.shape, rng, momentum=0.8)
+    assert _fused_kernel_dtypes(ours, x) == [tf.bfloat16]  # no cast to float32 and back
     weights = tf.constant(rng.normal(size=x.shape), tf.float32)
     got, want = _train_call(ours, x, weights), _train_call(theirs, x, weights)
     for a, b in zip(got, want):
