@@ -50,8 +50,7 @@ def darknet_conv(x, filters: int, size: int, strides: int = 1, name: str = "conv
     x = keras.layers.Conv2D(filters, size, strides=strides, padding=padding, use_bias=not batch_norm,
                             name=f"{name}_conv")(x)
     if batch_norm:
-        x = BatchNormalization(epsilon=DARKNET_BN_EPSILON, momentum=bn_momentum,
-                               name=f"{name}_bn")(x)
+        x = BatchNormalization(epsilon=DARKNET_BN_EPSILON, momentum=bn_momentum, name=f"{name}_bn")(x)
     if activation:
         x = keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{name}_act")(x)
     return x

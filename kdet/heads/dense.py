@@ -75,8 +75,7 @@ def dense_head(features: Sequence, num_anchors: int, num_outputs: int, depth: in
         for i, conv in enumerate(convs):
             x = conv(x)
             if norm == "batch":
-                x = BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon,
-                                       name=f"{name}_bn{i}_l{level}")(x)
+                x = BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=f"{name}_bn{i}_l{level}")(x)
             elif norm == "group":
                 x = group_norms[i](x)
             x = keras.layers.Activation(activation, name=f"{name}_act{i}_l{level}")(x)
