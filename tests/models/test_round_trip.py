@@ -35,7 +35,7 @@ def test_retinanet(images, tmp_path):
                  max_level=6, fpn_width=32, head_depth=1, anchor_scale=3.0, num_scales=2, aspect_ratios=(1.0, 2.0),
                  top_k_per_level=False, extra_from="input", head_norm="group", box_loss_type="giou")
     follow = dict(COMMON, **ANCHOR_CHAIN, **MIN_MAX, backbone="tiny",
-                  anchor_generator=pyramid_anchor_generator(3, 7, 2.0, 2, (0.5, 1.0), offset=0.0))
+                  anchor_generator=pyramid_anchor_generator(2, 6, 2.0, 2, (0.5, 1.0), offset=0.0))
     check_round_trip(RetinaNet, [fixed, follow], images, tmp_path)
 
 
@@ -47,7 +47,7 @@ def test_efficientdet(images, tmp_path):
     # outputs tie (prior bias), argmax takes output 0, so output 0 is a label here.
     best = {**ANCHOR_CHAIN, "top_k_rule": "best", "head_output_ids": (0, 3)}
     follow = dict(COMMON, **best, **{**MIN_MAX, "size_divisible": 128},
-                  backbone="tiny", anchor_generator=pyramid_anchor_generator(3, 7, 2.0, 2, (0.5, 1.0), offset=0.0))
+                  backbone="tiny", anchor_generator=pyramid_anchor_generator(2, 6, 2.0, 2, (0.5, 1.0), offset=0.0))
     check_round_trip(EfficientDet, [fixed, follow], images, tmp_path)
 
 

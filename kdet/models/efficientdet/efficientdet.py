@@ -16,8 +16,8 @@ import tensorflow as tf
 
 from kdet.backbones.factory import build_backbone, default_normalization
 from kdet.config import SCRATCH_RECIPE, TrainingRecipe, keras_field
-from kdet.models.retinanet.pyramid import (ANCHOR_SCALE, PyramidConfig, anchor_heads, config_anchor_generator,
-                                           pyramid_levels)
+from kdet.models.retinanet.pyramid import (ANCHOR_SCALE, LEVELS, TINY_LEVELS, PyramidConfig, anchor_heads,
+                                           config_anchor_generator, pyramid_levels)
 from kdet.models.single_stage import SingleStageDetector
 from kdet.necks.bifpn import FUSION_METHODS, bifpn
 from kdet.validation import check_image_size, check_positive_int
@@ -37,8 +37,9 @@ EFFICIENTDET_VARIANTS = {
            "weight_method": "sum", "anchor_scale": 5.0},
 }
 # backbone="tiny" overrides: narrow and shallow so it trains on CPU in minutes. BN momentum
-# 0.9 so the moving statistics settle within the few hundred steps such a model trains.
-TINY = {"image_size": 128, "fpn_width": 48, "fpn_depth": 2, "head_depth": 2, "bn_momentum": 0.9}
+# 0.9 so the moving statistics settle within the few hundred steps such a model trains; levels
+# P2-P6 for its 128-px canvas (``TINY_LEVELS``).
+TINY = {"image_size": 128, "fpn_width": 48, "fpn_depth": 2, "head_depth": 2, "bn_momentum": 0.9, **TINY_LEVELS}
 # automl anchors.py: aspect ratios (1, 2, 0.5) as width / height = (1, 0.5, 2) as height / width,
 # scale-major order, centres at stride / 2.
 AUTOML_ASPECT_RATIOS = (1.0, 0.5, 2.0)
@@ -115,7 +116,7 @@ class EfficientDetConfig(PyramidConfig):
             raise ValueError(f"Unsupported EfficientDet variant {self.variant!r}; expected one of "
                              f"{sorted(EFFICIENTDET_VARIANTS)}.")
         self._set("variant", variant)
-        preset = {"weight_method": "fastattn", "anchor_scale": ANCHOR_SCALE, "bn_momentum": 0.99,
+        preset = {"weight_method": "fastattn", "anchor_scale": ANCHOR_SCALE, "bn_momentum": 0.99, **LEVELS,
                   **EFFICIENTDET_VARIANTS[variant]}
         if self.backbone is None:
             self._set("backbone", preset["backbone"])
@@ -144,7 +145,7 @@ class EfficientDet(SingleStageDetector):
         num_classes: number of object classes.
         variant: "d0" .. "d7" (see ``EfficientDetConfig``).
         **settings: every field of ``EfficientDetConfig``: ``backbone``,
-            ``image_size`` (a multiple of 128, the P7 stride), ``resize``
+            ``image_size`` (a multiple of the coarsest stride: 128, P7; tiny 64, P6), ``resize``
             ("pad" is automl's rule), ``fpn_width``, ``fpn_depth``,
             ``head_depth``, ``weight_method``, levels, anchors (automl: 4, 3,
             (1, 0.5, 2) as h / w), ``bn_momentum``, and the shared settings

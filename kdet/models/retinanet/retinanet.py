@@ -16,15 +16,15 @@ from kdet.backbones.factory import build_backbone, default_normalization
 from kdet.config import SCRATCH_RECIPE, TrainingRecipe
 from kdet.heads.dense import GROUPS
 from kdet.layers.anchor_generator import DEFAULT_ASPECT_RATIOS, RETINANET_SIZES, AnchorGenerator
-from kdet.models.retinanet.pyramid import (PyramidConfig, anchor_heads, config_anchor_generator,
-                                           pyramid_levels)
+from kdet.models.retinanet.pyramid import (LEVELS, TINY_LEVELS, PyramidConfig, anchor_heads,
+                                           config_anchor_generator, pyramid_levels)
 from kdet.models.single_stage import SingleStageDetector
 from kdet.necks.fpn import fpn
 
 # Full-size settings, Lin et al. 2017 section 4 / torchvision retinanet_resnet50_fpn.
-FULL = {"image_size": 512, "fpn_width": 256, "head_depth": 4}
+FULL = {"image_size": 512, "fpn_width": 256, "head_depth": 4, **LEVELS}
 # The tiny configuration (backbone="tiny"): narrow and shallow so it trains on CPU in minutes.
-TINY = {"image_size": 128, "fpn_width": 48, "head_depth": 2}
+TINY = {"image_size": 128, "fpn_width": 48, "head_depth": 2, **TINY_LEVELS}
 # Lin et al. 2017 sec. 4.1 / Detectron: SGD 0.01 at 16 images, weight decay 1e-4, warm-up.
 RETINANET_RECIPE = TrainingRecipe("sgd", 0.01, 16, 1e-4, 0.9, 500,
                                   "Lin et al. 2017 sec. 4.1 / Detectron: SGD 0.01 at 16 images, wd 1e-4, warm-up")
@@ -97,7 +97,7 @@ class RetinaNet(SingleStageDetector):
         **settings: every field of ``RetinaNetConfig``: ``image_size`` (a
             multiple of 32; default 512, 128 for "tiny"), ``resize``,
             ``precision``, ``bounding_box_format``, ``class_names``,
-            ``min_level``/``max_level``, ``fpn_width``/``head_depth`` (256 / 4;
+            ``min_level``/``max_level`` (3 / 7; tiny: 2 / 6), ``fpn_width``/``head_depth`` (256 / 4;
             tiny: 48 / 2), ``extra_from``, ``head_norm``, ``box_loss_type``, anchors
             (``anchor_scale``, ``num_scales``, ``aspect_ratios`` or an
             ``anchor_generator`` such as :func:`torchvision_anchor_generator`),
