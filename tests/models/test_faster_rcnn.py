@@ -238,7 +238,8 @@ def test_full_size_one_training_step_512():
 
 @pytest.mark.slow
 def test_generalisation_bar_and_svd_speedup():
-    """The issue's bar: 200 images, compile() defaults, 30 epochs -> held-out AP50 >= 0.5; SVD head timing."""
+    """Issue 20's bar: 200 images, compile() defaults, 30 epochs -> held-out AP50 >= 0.9; SVD head timing."""
+    keras.utils.set_random_seed(0)
     x, y = synthetic_arrays(200, 128, seed=0)
     xv, yv = synthetic_arrays(64, 128, seed=0, split="validation")
     model = FasterRCNN(3, backbone="tiny", image_size=128)
@@ -249,7 +250,7 @@ def test_generalisation_bar_and_svd_speedup():
     ap50 = coco_ap50(yv, model.predict(xv, verbose=0))
     print(f"training {seconds:.0f} s; train AP50 {coco_ap50(y, model.predict(x, verbose=0)):.3f}; "
           f"held-out AP50 {ap50:.3f}")
-    assert ap50 >= 0.5
+    assert ap50 >= 0.9, ap50  # the protocol's 100 test images: 1.00 (2026-12-07)
     # Truncated SVD of fc6 / fc7 (Girshick 2015 3.1): head time on 1000 RoIs and held-out AP50.
     feats = tf.random.normal((1000, 7, 7, model.config.fpn_width))
     for name, m in (("full", model), ("svd64", compress_box_head(model, 64)), ("svd32", compress_box_head(model, 32))):
