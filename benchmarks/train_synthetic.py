@@ -13,6 +13,7 @@ Add an architecture with one line in ``CONFIGS``. Run:
     python benchmarks/train_synthetic.py retinanet_tiny --epochs 30
     python benchmarks/train_synthetic.py --epochs 10          # a smaller budget (said on the page)
     python benchmarks/train_synthetic.py --difficulty hard --train-seed 1   # the harder data
+    python benchmarks/train_synthetic.py retinanet_tiny --difficulty hard --diagnose   # + train, class-agnostic AP50
     python benchmarks/train_synthetic.py --quick              # 1 epoch on 8 images (CI, no fragment)
 
 Writes ``docs/benchmarks/learning.md`` and ``learning.json`` beside it.
@@ -46,7 +47,8 @@ CONFIGS = {
 
 
 def run(name: str, train_images: int = 200, test_images: int = 100, epochs: int = 30, batch_size: int = 8,
-        seed: int = 0, verbose: int = 0, train_seed: int | None = None, difficulty: str = "standard") -> dict:
+        seed: int = 0, verbose: int = 0, train_seed: int | None = None, difficulty: str = "standard",
+        diagnose: bool = False) -> dict:
     """Trains configuration ``name`` and returns its held-out COCO numbers and timings.
 
     Args:
@@ -57,6 +59,10 @@ def run(name: str, train_images: int = 200, test_images: int = 100, epochs: int 
             augmentation draws.
         difficulty: of the synthetic data, "standard" (the bar) or "hard"
             (``kdet.data.synthetic.DIFFICULTIES``).
+        diagnose: also ``train_AP50`` (on at most ``test_images`` of the
+            training images: underfitting or overfitting?) and
+            ``AP50_class_agnostic`` (held out, every label one class: are
+            objects found but misnamed?).
     """
     import keras
 
@@ -76,18 +82,37 @@ def run(name: str, train_images: int = 200, test_images: int = 100, epochs: int 
     pred = model.predict(x_test, batch_size=32, verbose=0)
     predict_s = time.perf_counter() - start
     metrics = coco_map(y_test, pred)
-    return {"name": name, "difficulty": difficulty, "seed": seed,
+    extra = diagnostics(model, x_train[:test_images], {k: v[:test_images] for k, v in y_train.items()}, y_test,
+                        pred) if diagnose else {}
+    return {**extra, "name": name, "difficulty": difficulty, "seed": seed,
             "train_seed": seed if train_seed is None else train_seed,
             "params": model.count_params(), "train_images": train_images, "epochs": epochs,
             "train_s": train_s, "predict_ms_per_image": 1e3 * predict_s / test_images,
             "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"]}
 
 
+def diagnostics(model, x_train, y_train, y_test, pred_test) -> dict:
+    """AP50 on training images and the class-agnostic held-out AP50 (``run(diagnose=True)``)."""
+    import numpy as np
+
+    from kdet.metrics import coco_map
+
+    def one_class(d):
+        return {**d, "labels": np.where(np.asarray(d["labels"]) >= 0, 0, -1)}
+
+    train_pred = model.predict(x_train, batch_size=32, verbose=0)
+    return {"train_AP50": coco_map(y_train, train_pred)["AP50"],
+            "AP50_class_agnostic": coco_map(one_class(y_test), one_class(pred_test))["AP50"]}
+
+
 def report(results: list[dict]) -> str:
+    diagnosed = all("train_AP50" in r for r in results)
     rows = [(r["name"], f"{r['params']:,}", r["train_images"], r["epochs"], r["train_s"],
-             r["predict_ms_per_image"], r["AP"], r["AP50"], r["AP75"]) for r in results]
+             r["predict_ms_per_image"], r["AP"], r["AP50"], r["AP75"],
+             *((r["train_AP50"], r["AP50_class_agnostic"]) if diagnosed else ())) for r in results]
     table = markdown_table(["configuration", "params", "train images", "epochs", "train s", "predict ms/img",
-                            "AP", "AP50", "AP75"], rows)
+                            "AP", "AP50", "AP75",
+                            *(("train AP50", "AP50 class-agnostic") if diagnosed else ())], rows)
     protocol = all(r["train_images"] == BAR["train_images"] and r["epochs"] == BAR["epochs"] for r in results)
     budget = ("" if protocol else
               f"\n**Reduced budget**: this run used fewer images or epochs than the bar protocol "
@@ -124,6 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data (and of training by default)")
     parser.add_argument("--train-seed", type=int, default=None, help="seed of initialisation and shuffling")
     parser.add_argument("--difficulty", default="standard", help="synthetic data: standard (the bar) or hard")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="also AP50 on training images and the class-agnostic held-out AP50")
     parser.add_argument("--out", help="markdown fragment (default docs/benchmarks/learning.md; none for --quick)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -136,7 +163,7 @@ def main(argv=None) -> int:
     runs = []
     for name in args.configs:
         result = run(name, train_images, test_images, epochs, BAR["batch_size"], seed=args.seed,
-                     train_seed=args.train_seed, difficulty=args.difficulty)
+                     train_seed=args.train_seed, difficulty=args.difficulty, diagnose=args.diagnose)
         print(f"{name}: AP50 {result['AP50']:.3f} AP {result['AP']:.3f} in {result['train_s']:.0f} s", flush=True)
         runs.append(result)
     return publish(report(runs), args.out, args.quick, "learning.md", start, results(runs))

@@ -67,6 +67,15 @@ def test_train_synthetic_quick(tmp_path):
     assert results["runs"][0]["epochs"] == 1 and results["targets"][0]["met"] == "not at the bar protocol"
 
 
+def test_train_synthetic_diagnose_adds_train_and_class_agnostic_ap50(tmp_path):
+    out = run_quick("train_synthetic.py", "ssd_tiny", "--diagnose", "--difficulty", "hard",
+                    "--out", str(tmp_path / "learning.md"))
+    assert "| train AP50 | AP50 class-agnostic |" in out
+    run = json.loads((tmp_path / "learning.json").read_text())["runs"][0]
+    assert run["difficulty"] == "hard" and 0 <= run["AP50_class_agnostic"] <= 1
+    assert 0 <= run["train_AP50"] <= 1
+
+
 @pytest.mark.slow  # ~2 min: converts the official yolov3-tiny weights and trains two 416-px models one step
 def test_finetune_quick(tmp_path, yolov3_tiny_weights):
     out = run_quick("finetune.py", "--out", str(tmp_path / "finetune.md"))
