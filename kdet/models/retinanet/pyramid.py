@@ -88,6 +88,11 @@ class PyramidConfig(SingleStageConfig):
                 self._set(key, value)
 
 
+def level_strides(min_level: int, max_level: int) -> list[int]:
+    """Strides of pyramid levels P{min_level}..P{max_level}: 2^level."""
+    return [2 ** lvl for lvl in range(min_level, max_level + 1)]
+
+
 def pyramid_anchor_generator(min_level: int = 3, max_level: int = 7, anchor_scale: float = ANCHOR_SCALE,
                              num_scales: int = NUM_SCALES, aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
                              offset: float = 0.5, order: str = "ratio_major",
@@ -101,7 +106,7 @@ def pyramid_anchor_generator(min_level: int = 3, max_level: int = 7, anchor_scal
     """
     if not 1 <= min_level <= max_level:
         raise ValueError(f"need 1 <= min_level <= max_level; received {min_level}, {max_level}.")
-    strides = [2 ** lvl for lvl in range(min_level, max_level + 1)]
+    strides = level_strides(min_level, max_level)
     return AnchorGenerator(
         strides=strides, sizes=[anchor_scale * s for s in strides],
         scales=[2 ** (i / num_scales) for i in range(num_scales)], aspect_ratios=aspect_ratios,
@@ -113,7 +118,7 @@ def config_anchor_generator(cfg: PyramidConfig, order: str) -> AnchorGenerator:
     """The config's ``anchor_generator``, or the pyramid anchors of its settings."""
     anchors = cfg.anchor_generator or pyramid_anchor_generator(
         cfg.min_level, cfg.max_level, cfg.anchor_scale, cfg.num_scales, cfg.aspect_ratios, offset=0.5, order=order)
-    strides = [2 ** lvl for lvl in range(cfg.min_level, cfg.max_level + 1)]
+    strides = level_strides(cfg.min_level, cfg.max_level)
     if list(anchors.strides) != strides:
         raise ValueError(f"anchor_generator has strides {list(anchors.strides)}; P{cfg.min_level}-P{cfg.max_level} "
                          f"needs {strides} (set min_level / max_level to its levels).")
