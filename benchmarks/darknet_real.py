@@ -47,7 +47,7 @@ def compare(weights: pathlib.Path, data: pathlib.Path) -> dict:
     cfg = data / "yolov3-tiny.cfg"
     models = {}
     for rule in ("stretch", "letterbox"):
-        models[rule] = kdet.load("yolov3_tiny_coco", weights=weights, resize=rule)
+        models[rule] = kdet.load("yolov3_tiny_coco", weights=weights, resize=rule, precision="float32")
         reference_of = real.opencv_letterbox if rule == "letterbox" else real.opencv_stretch
         for name in real.IMAGES:
             image = real._read_rgb(data / name)

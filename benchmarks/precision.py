@@ -152,7 +152,7 @@ def darknet_rows(kinds, repeats: int, folder: pathlib.Path):
     rows = []
     for kind in kinds:
         cfg, weights, name, what = darknet_weights(kind, folder)
-        f32 = kdet.load(name, weights=weights, image_size=NET_SIZE, resize="stretch")
+        f32 = kdet.load(name, weights=weights, image_size=NET_SIZE, resize="stretch", precision="float32")
         bf16 = f32.with_settings(precision="bfloat16")
         opencv = opencv_pipeline(cfg, weights)
         for size, kdet_input in ((1, image), (BATCH, batch)):
@@ -215,7 +215,7 @@ def int8_rows(repeats: int, folder: pathlib.Path):
 
     cfg, weights, name, _ = darknet_weights("yolov3-tiny", folder)
     del cfg
-    f32 = kdet.load(name, weights=weights, image_size=NET_SIZE, resize="stretch")
+    f32 = kdet.load(name, weights=weights, image_size=NET_SIZE, resize="stretch", precision="float32")
     bf16 = f32.with_settings(precision="bfloat16")
     image = np.ascontiguousarray(cv2.imread(str(DARKNET / "dog.jpg"))[:, :, ::-1])
     x = cv2.resize(image, (NET_SIZE, NET_SIZE))[None].astype(np.float32)

@@ -129,6 +129,8 @@ class Detector(keras.Model):
     input_keys: ClassVar[tuple[str, ...]] = ()
     #: False where TensorFlow's graph kernels beat XLA:CPU (then CPU inference never uses XLA).
     xla_on_cpu: ClassVar[bool] = True
+    #: False where bfloat16 is not faster than float32 on CPUs with native bfloat16 (``bfloat16_pays``).
+    bfloat16_on_cpu: ClassVar[bool] = True
 
     def __init__(self, **settings):
         keras_kwargs = {k: settings.pop(k) for k in _KERAS_KWARGS if k in settings}
@@ -535,20 +537,54 @@ class Detector(keras.Model):
         return box_loss
 
     # ---------------------------------------------------------- inference
-    def inference_compiler(self) -> str:
+    def inference_compiler(self, jit_compile: bool | None = None) -> str:
         """"xla" or "graph": how ``predict`` / ``detect`` run (``compile(jit_compile=...)`` asks).
 
-        Keras' rule ("auto": XLA where every layer supports it), except that
-        architectures declaring ``xla_on_cpu = False`` run TensorFlow's graph
-        kernels on CPU even when asked for XLA (logged once), and
+        Keras' rule ("auto": XLA where every layer supports it), except that on
+        CPU graph mode runs when asked for XLA (logged once) for architectures
+        declaring ``xla_on_cpu = False`` and for bfloat16 / float16 networks
+        (XLA:CPU has no oneDNN low-precision kernels: a bfloat16 3x3 conv ran at
+        354 GFLOP/s under XLA against 2831 as a graph, 2-core AMX CPU); and
         shape-agnostic inputs of fixed-canvas models always trace one graph.
+
+        Args:
+            jit_compile: what to decide for (default: the model's ``jit_compile``).
         """
-        want_xla = bool(self.jit_compile)
-        if want_xla and not self.xla_on_cpu and not tf.config.list_logical_devices("GPU"):
-            _log_once(f"kdet: {type(self).__name__} runs inference in graph mode on CPU, where XLA:CPU is "
-                      "several times slower for it; XLA stays on for GPUs.")
-            return "graph"
+        want_xla = bool(self.jit_compile if jit_compile is None else jit_compile)
+        if want_xla and not tf.config.list_logical_devices("GPU"):
+            if not self.xla_on_cpu:
+                _log_once(f"kdet: {type(self).__name__} runs inference in graph mode on CPU, where XLA:CPU is "
+                          "several times slower for it; XLA stays on for GPUs.")
+                return "graph"
+            if self.config.precision != "float32":
+                _log_once(f"kdet: a {self.config.precision} network runs inference in graph mode on CPU (oneDNN's "
+                          "low-precision kernels; XLA:CPU has none); XLA stays on for GPUs.")
+                return "graph"
         return "xla" if want_xla else "graph"
+
+    def bfloat16_pays(self) -> bool:
+        """Whether bfloat16 is faster than float32 for this model here (``kdet.load``'s default precision).
+
+        True on hardware that computes bfloat16 natively (``kdet.config.native_bfloat16``:
+        Ampere+ GPUs, CPUs with AVX512_BF16 / AMX), except on CPU for networks with
+        depthwise convolutions and architectures declaring ``bfloat16_on_cpu = False``:
+        oneDNN's bfloat16 path speeds up dense convolutions and matmuls, not those.
+        Measured on a 2-core AMX CPU, one image: RetinaNet-R50 and SSD300 about 5x
+        faster in bfloat16 at batch 8, SSDlite-MobileNetV3 32 -> 43 ms, Faster
+        R-CNN MobileNetV3-FPN 385 -> 425 ms, MTCNN 43 -> 46 ms (docs/benchmarks.md).
+        """
+        from kdet.config import native_bfloat16
+
+        if not native_bfloat16():
+            return False
+        if tf.config.list_logical_devices("GPU"):
+            return True
+        if not self.bfloat16_on_cpu:
+            return False
+        network = self.__dict__.get("network")
+        layers = network._flatten_layers(include_self=False, recursive=True) if network is not None else ()
+        return not any(isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D))
+                       for layer in layers)
 
     @property
     def active_compiler(self) -> str | None:

@@ -18,7 +18,9 @@ def export(model, filepath, format: str = "tf_saved_model", precision: str | Non
 
     ``precision`` ("float32", "bfloat16", "float16", "auto") exports the same
     weights computing at that precision (``model.with_settings(precision=...)``);
-    None keeps the model's. Other keyword arguments go to :func:`saved_model`
+    None keeps the model's. LiteRT exports the float32 network whatever the
+    precision (it has no bfloat16 kernels; its ``quantization=`` is LiteRT's
+    low precision). Other keyword arguments go to :func:`saved_model`
     or :func:`litert`.
     """
     if precision is not None:

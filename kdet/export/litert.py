@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import tempfile
 
@@ -32,7 +33,8 @@ def litert(model, filepath, quantization: str | None = None, representative_data
     class logits and box deltas).
 
     Args:
-        model: a kdet detector.
+        model: a kdet detector. A bfloat16 / float16 model (``precision``)
+            exports its float32 network: LiteRT has no bfloat16 kernels.
         filepath: the ``.tflite`` path to write.
         quantization: None (float32), "float16", "dynamic_int8" (weights) or
             "int8" (weights and activations, calibrated on ``representative_data``).
@@ -68,6 +70,13 @@ def litert(model, filepath, quantization: str | None = None, representative_data
         )
     if quantization == "int8":
         batches = representative_batches(representative_data, shape[1:3])
+    precision = getattr(getattr(model, "config", None), "precision", "float32")
+    if precision != "float32" and saved_model_dir is None:
+        # LiteRT has no bfloat16 kernels (the converter refuses a bfloat16 Conv2D); its low precisions are
+        # `quantization=`. The same weights export as the float32 network.
+        logging.info("kdet: LiteRT export of a %s model: converting its float32 network (LiteRT's low "
+                     "precisions are quantization='float16' / 'dynamic_int8' / 'int8').", precision)
+        model = model.with_settings(precision="float32")
     with tempfile.TemporaryDirectory() as tmp:
         if saved_model_dir is None:
             saved_model(model, tmp, image_size=image_size)

@@ -53,6 +53,18 @@ def test_litert_builtin_only_and_parity(model_and_images, tmp_path):
         np.testing.assert_array_equal(got["labels"][i, :n], expected["labels"][i, :n])
 
 
+def test_litert_of_a_bfloat16_model_exports_its_float32_network(model_and_images, tmp_path):
+    """LiteRT has no bfloat16 kernels (its converter refuses a bfloat16 Conv2D): a bfloat16 model, what
+    ``kdet.load`` gives where bfloat16 is native, exports the same weights' float32 network."""
+    model, x = model_and_images
+    fast = model.with_settings(precision="bfloat16")
+    expected = run_litert(model.export(tmp_path / "f32.tflite", format="litert"), x[:2].astype(np.float32))
+    got = run_litert(fast.export(tmp_path / "bf16.tflite", format="litert"), x[:2].astype(np.float32))
+    assert fast.config.precision == "bfloat16"
+    for key in ("boxes", "scores", "labels", "num_detections"):
+        np.testing.assert_array_equal(got[key], expected[key])
+
+
 @pytest.mark.parametrize("quantization", ["float16", "dynamic_int8"])
 def test_quantized_litert_keeps_top_detections(model_and_images, tmp_path, quantization):
     model, x = model_and_images

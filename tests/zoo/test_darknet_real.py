@@ -79,12 +79,13 @@ def _names(detections: dict, class_names) -> set[str]:
 
 @pytest.fixture(scope="module")
 def stretch_model(yolov3_tiny_weights):
-    return kdet.load("yolov3_tiny_coco", weights=yolov3_tiny_weights, resize="stretch")
+    return kdet.load("yolov3_tiny_coco", weights=yolov3_tiny_weights, resize="stretch", precision="float32")
 
 
 @pytest.fixture(scope="module")
 def letterbox_model(yolov3_tiny_weights):
-    model = kdet.load("yolov3_tiny_coco", weights=yolov3_tiny_weights)  # the entry's default: Darknet's letterbox
+    # The entry's default resize: Darknet's letterbox; float32, as OpenCV computes.
+    model = kdet.load("yolov3_tiny_coco", weights=yolov3_tiny_weights, precision="float32")
     assert model.config.resize == "letterbox"
     return model
 
@@ -226,4 +227,19 @@ def test_bfloat16_finds_every_float32_detection(shared_dir, stretch_model, name)
     assert ours["boxes"].dtype == np.float32
     assert (reference["scores"] >= MIN_SCORE).sum() >= 4
     # Scores move by the bf16 rounding of the network (about 1e-2); the boxes and classes stay.
+    assert helpers.detection_mismatches(reference, ours, MIN_SCORE, MATCH_IOU, score_tolerance=0.1) == []
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_default_precision_keeps_the_float32_detections(shared_dir, yolov3_tiny_weights, letterbox_model, name):
+    """Issue 19: ``kdet.load(name)`` computes in bfloat16 where that is faster (``bfloat16_pays``), and keeps the
+    float32 detections scoring >= 0.3 (same class, IoU >= 0.9); elsewhere it is float32 itself."""
+    from kdet.config import native_bfloat16
+
+    model = kdet.load("yolov3_tiny_coco", weights=yolov3_tiny_weights)
+    assert model.config.precision == ("bfloat16" if native_bfloat16() else "float32")
+    assert model.bfloat16_pays() == native_bfloat16()  # dense convolutions: bfloat16 pays wherever it is native
+    image = _read_rgb(shared_dir / "data" / "darknet" / name)
+    reference, ours = letterbox_model.detect(image), model.detect(image)
+    assert (reference["scores"] >= MIN_SCORE).sum() >= 3
     assert helpers.detection_mismatches(reference, ours, MIN_SCORE, MATCH_IOU, score_tolerance=0.1) == []

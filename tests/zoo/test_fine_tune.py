@@ -56,8 +56,14 @@ def test_fine_tune_must_be_a_bool():
         _tiny(fine_tune="yes")
 
 
-def test_load_with_new_classes_marks_fine_tune(tmp_path):
-    """A .keras file (the path flow) and a zoo entry with a .weights.h5 file (the entry flow)."""
+def test_load_with_new_classes_marks_fine_tune(tmp_path, monkeypatch):
+    """A .keras file (the path flow) and a zoo entry with a .weights.h5 file (the entry flow).
+
+    The model to be trained keeps the global policy even where bfloat16 is native (tests/zoo/test_load_precision.py).
+    """
+    from kdet import config as kdet_config
+
+    monkeypatch.setattr(kdet_config, "native_bfloat16", lambda: True)
     path = tmp_path / "coco_like.keras"
     _tiny().save(path)
     tuned = kdet.load(path, num_classes=2)
@@ -70,6 +76,7 @@ def test_load_with_new_classes_marks_fine_tune(tmp_path):
     entry_model.save_weights(weights)
     tuned = kdet.load("yolov3_tiny_coco", weights=weights, num_classes=3)
     assert tuned.config.fine_tune is True and not any(layer.trainable for layer in _batch_norms(tuned))
+    assert tuned.config.precision == "float32"
     assert kdet.load("yolov3_tiny_coco", weights=None, num_classes=3).config.fine_tune is False  # scratch
 
 

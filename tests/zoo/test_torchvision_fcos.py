@@ -60,7 +60,7 @@ def torchvision_labels(checkpoint):
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(registry._REGISTRY, NAME, dataclasses.replace(
             entry, builder_kwargs={**entry.builder_kwargs, "num_classes": 91}, class_names=None))
-        model = kdet.load(NAME, weights=path)
+        model = kdet.load(NAME, weights=path, precision="float32")
     image = ref["image_uint8"][None].astype(np.float32)
     raw, frame = model.forward(image)  # what model(image) runs, keeping the raw outputs
     detections = model.detections_to_input(model.postprocess(raw, frame), frame)
@@ -102,7 +102,7 @@ def test_registered_80_label_entry(torchvision_labels, checkpoint):
     """As registered: 80 COCO labels read from the same 91 outputs; the 91-label pipeline's detections
     once the unused outputs cannot score."""
     reference_model, raw, frame, _ = torchvision_labels
-    model = kdet.load(NAME, weights=checkpoint[3])
+    model = kdet.load(NAME, weights=checkpoint[3], precision="float32")
     assert model.num_classes == 80 and model.class_names[:2] == ("person", "bicycle")
     assert model.head_output_ids == COCO_CATEGORY_IDS and model.config.resize == "min_max"
     for mine, theirs in zip(model.weights, reference_model.weights):

@@ -50,7 +50,7 @@ def fixture_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:  # torchvision's id space: the same entry with 90 labels
         patch.setitem(registry._REGISTRY, NAME, dataclasses.replace(
             real, builder_kwargs={**real.builder_kwargs, "num_classes": 90}))
-        model = kdet.load(NAME, weights=pth)
+        model = kdet.load(NAME, weights=pth, precision="float32")
     image = ref["image_uint8"]
     raw, frame = model.forward(image[None].astype(np.float32))
     return {"spec": spec, "ref": ref, "pth": pth, "model": model, "raw": raw, "frame": frame,
@@ -107,7 +107,7 @@ def test_end_to_end_detections_and_pasted_masks(fixture_run):
 def test_registered_entry_with_80_labels(fixture_run):
     """The entry as registered: same weights (91 outputs), every detection of a used COCO id, same masks."""
     ref, twin, raw, frame = (fixture_run[k] for k in ("ref", "model", "raw", "frame"))
-    model = kdet.load(NAME, weights=fixture_run["pth"])
+    model = kdet.load(NAME, weights=fixture_run["pth"], precision="float32")
     assert model.num_classes == 80 and list(model.class_names[:2]) == ["person", "bicycle"]
     assert model.config.head_output_ids == tuple(COCO_CATEGORY_IDS) and model.head_classes == 91
     assert len(model.weights) == len(twin.weights)

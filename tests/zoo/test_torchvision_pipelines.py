@@ -44,7 +44,7 @@ def run(request, tmp_path_factory):
     pth = tmp_path_factory.mktemp("pth") / f"{request.param}.pth"
     write_state_dict_zip({key: synth_weight(key, tuple(shape), "torch") for key, shape in spec["state_dict_keys"]},
                          pth)
-    model = kdet.load(request.param, weights=pth)
+    model = kdet.load(request.param, weights=pth, precision="float32")  # upstream parity: float32
     detections = model.detect(ref["image_uint8"])
     raw, frame = model.forward(ref["image_uint8"][None].astype(np.float32))
     return request.param, model, ref, spec, detections, raw, frame

@@ -68,7 +68,7 @@ def load_entry(name: str, folder):
     _, state, _ = fixture(CASES[name].folder)
     path = folder / f"{name}.pth"
     write_state_dict_zip(state, path)
-    return kdet.load(name, weights=path, **dict(CASES[name].overrides))
+    return kdet.load(name, weights=path, precision="float32", **dict(CASES[name].overrides))
 
 
 def forward(model, ref):

@@ -122,7 +122,7 @@ def test_load_downloads_converts_caches_then_works_offline(name, kdet_home, monk
     with LocalServer({f"/{file_name}": data}) as server:
         entry = local_entry(name, server.url(f"/{file_name}"), file_name, digest)
         monkeypatch.setitem(registry._REGISTRY, name, entry)  # restored after the test
-        model = kdet.load(name, **overrides)
+        model = kdet.load(name, precision="float32", **overrides)
         assert server.hits[f"/{file_name}"] == 1
     downloaded = home / "downloads" / file_name
     assert downloaded.is_file() and (home / "converted" / f"{name}.weights.h5").is_file()
@@ -133,7 +133,7 @@ def test_load_downloads_converts_caches_then_works_offline(name, kdet_home, monk
 
     # Server gone and the upstream file deleted: the converted cache alone serves the second load.
     downloaded.unlink()
-    again = kdet.load(name, **overrides)
+    again = kdet.load(name, precision="float32", **overrides)
     assert len(again.weights) == len(model.weights)
     for a, b in zip(model.weights, again.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
@@ -151,7 +151,8 @@ def test_softmax_entries_score_over_all_91_outputs(name, kdet_home):
     file_name, data, _ = served_checkpoint(case)
     kdet_home.mkdir()
     (kdet_home / file_name).write_bytes(data)
-    model = kdet.load(name, weights=kdet_home / file_name, **dict(case.overrides))  # converted on the fly
+    # Converted on the fly; float32, as torchvision computes.
+    model = kdet.load(name, weights=kdet_home / file_name, precision="float32", **dict(case.overrides))
     assert not (kdet_home / "converted").exists()
     out = model.detect(ref["image_uint8"])
     labels = to_torchvision_labels(out["labels"])

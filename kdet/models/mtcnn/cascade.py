@@ -152,6 +152,7 @@ def _pnet_level(pnet, x, scale: float, threshold: float, top_k: int, nms: float,
         reg, prob = pnet(scaled, training=False)
     else:
         reg, prob = pnet_outputs(pnet.net, scaled)
+    reg, prob = tf.cast(reg, tf.float32), tf.cast(prob, tf.float32)  # a bfloat16 / float16 network's outputs
     out_h, out_w = reg.shape[1], reg.shape[2]
     cells, k = out_h * out_w, min(out_h * out_w, top_k)
     if xla or pnet.prob is None:
@@ -296,13 +297,14 @@ def crop_network(net, x, boxes, size: int, xla: bool = True) -> list:
     XLA mode makes one static-shape call.
     """
     if xla:
-        return list(net(crop_patches(x, boxes, size, xla=True), training=False))
+        outputs = net(crop_patches(x, boxes, size, xla=True), training=False)
+    else:
+        def crop_and_run(norm, index):
+            return net(tf.image.crop_and_resize(x, norm, index, (size, size)), training=False)
 
-    def crop_and_run(norm, index):
-        return net(tf.image.crop_and_resize(x, norm, index, (size, size)), training=False)
-
-    return run_in_chunks(crop_and_run, _crop_boxes(x, boxes), max(1, RUN_PIXELS // size**2),
-                         _output_specs(net, (size, size, 3)))
+        outputs = run_in_chunks(crop_and_run, _crop_boxes(x, boxes), max(1, RUN_PIXELS // size**2),
+                                _output_specs(net, (size, size, 3)))
+    return [tf.cast(o, tf.float32) for o in outputs]  # a bfloat16 / float16 network's outputs
 
 
 def _output_specs(net: keras.Model, input_shape) -> list:
