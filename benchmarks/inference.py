@@ -137,7 +137,7 @@ def pair_rows(image_size: int, batches, repeats: int, quick: bool):
 
     ours, peers = build_peers(image_size, quick)
     fast = ours.with_settings(precision="bfloat16") if ours.bfloat16_pays() else ours
-    kdets = {"": (fast, fast.inference_compiler(jit_compile=True))}
+    kdets = {"": (fast, fast.inference_compiler(jit_compile=True))}  # mode suffix -> (model, its XLA-mode path)
     if fast is not ours:
         kdets[", kdet float32"] = (ours, "xla")
     runners = {name: peer_runners(model, keras_hub_converter() if name == "keras-hub" else None)
@@ -148,8 +148,8 @@ def pair_rows(image_size: int, batches, repeats: int, quick: bool):
                         tf.float32)
         fns = {}
         for suffix, (model, xla_path) in kdets.items():
-            fns[f"kdet{suffix} default"] = lambda m=model: m.infer(x)
-            fns[f"kdet{suffix} XLA"] = lambda m=model, c=xla_path: m.infer(x, compiler=c)
+            fns[f"kdet {model.config.precision} default"] = lambda m=model: m.infer(x)
+            fns[f"kdet {model.config.precision} XLA"] = lambda m=model, c=xla_path: m.infer(x, compiler=c)
         for name, (default, xla, split) in runners.items():
             try:
                 xla(x)
@@ -163,7 +163,7 @@ def pair_rows(image_size: int, batches, repeats: int, quick: bool):
         for suffix, (model, xla_path) in kdets.items():
             for mode in ("default", "XLA"):
                 path = model.inference_compiler() if mode == "default" else xla_path
-                kdet_ips = ips[f"kdet{suffix} {mode}"]
+                kdet_ips = ips[f"kdet {model.config.precision} {mode}"]
                 row = [batch, mode + suffix, f"{path}, {model.config.precision}", kdet_ips]
                 row += [ips.get(f"{name} {mode}", "-") for name in ("keras-cv", "keras-hub")]
                 row += [kdet_ips / ips[f"{name} {mode}"] if f"{name} {mode}" in ips else "-"
