@@ -74,10 +74,21 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- detect
-def _load_model(name: str, weights: str | None = "default", **kwargs: Any):
+def _load_model(name: str, weights: str | None = "default", precision: str = "default", **kwargs: Any):
+    """``kdet.load``; ``precision`` "default" leaves it ``kdet.load``'s; None: the global Keras policy for zoo
+    names, the saved precision for files; any other value is applied to files too (``with_settings``)."""
     import kdet
+    from kdet.zoo import registry
 
-    return kdet.load(name, weights=weights, **kwargs)
+    if precision != "default" and name in registry.list_models():
+        return kdet.load(name, weights=weights, precision=precision, **kwargs)
+    model = kdet.load(name, weights=weights, **kwargs)  # a .keras file or preset: its saved precision
+    if precision not in ("default", None):
+        from kdet.config import resolve_precision
+
+        if resolve_precision(precision) != model.config.precision:
+            model = model.with_settings(precision=precision)
+    return model
 
 
 def _as_xyxy(boxes, model, height: int, width: int):
@@ -108,7 +119,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from kdet.validation import check_probability
 
     score = check_probability("--score", args.score)
-    model = _load_model(args.model, args.weights or "default")
+    model = _load_model(args.model, args.weights or "default", args.precision)
     class_names = getattr(model, "class_names", None)
     out_dir = pathlib.Path(args.out) if args.out else None
     if out_dir is not None:
@@ -149,7 +160,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Exports a model with decoding and NMS inside the graph."""
     if args.quantization and args.format != "litert":
         raise CLIError("--quantization applies to --format litert only")
-    model = _load_model(args.model, args.weights or "default")
+    model = _load_model(args.model, args.weights or "default", args.precision)
     kwargs = {"quantization": args.quantization} if args.quantization else {}
     model.export(args.out, format=args.format, **kwargs)
     print(args.out)
@@ -191,7 +202,7 @@ def _dataset(spec: str, split: str, model, batch_size: int):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluates COCO mAP and prints it as JSON."""
-    model = _load_model(args.model, args.weights or "default")
+    model = _load_model(args.model, args.weights or "default", args.precision)
     from kdet.metrics import evaluate_coco
 
     dataset = _dataset(args.data, args.split, model, args.batch_size)
@@ -215,8 +226,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     strategy = get_strategy(args.strategy)
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     with strategy.scope():
+        # Trained in the global Keras policy (float32 unless set), as every model kdet builds for training.
         model = _load_model(args.model, weights=None if args.from_scratch else (args.weights or "default"),
-                            **kwargs)
+                            precision=None, **kwargs)
         # No COCO metric during training: there is no validation split here, and the
         # metric cannot be attached to a model that is already built (e.g. loaded).
         model.compile(evaluate_coco=False)
@@ -257,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="save annotated images (PNG: boxes, labels, instance masks) into DIR")
     p.add_argument("--score", type=float, default=0.5, help="score threshold (default 0.5)")
     p.add_argument("--weights", metavar="PATH", help="weights file (default: the model's own)")
+    _add_precision_flag(p, "default", "network precision (default: kdet.load's, bfloat16 where it is faster)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("export", help="export to SavedModel or LiteRT, NMS inside")
@@ -266,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", choices=("float16", "dynamic_int8", "int8"),
                    help="LiteRT quantization")
     p.add_argument("--weights", metavar="PATH")
+    _add_precision_flag(p, "float32", "network precision of a SavedModel (default float32, which runs anywhere; "
+                                      "LiteRT is always float32, its low precision is --quantization)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="COCO mAP of a model on a dataset; prints JSON")
@@ -275,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, help="evaluate only this many batches")
     p.add_argument("--weights", metavar="PATH")
+    _add_precision_flag(p, "default", "network precision (default: kdet.load's, bfloat16 where it is faster)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train", help="train or fine-tune a model, save it as .keras")
@@ -294,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     _add_verbose_flag(parser, sub)
     return parser
+
+
+def _add_precision_flag(p: argparse.ArgumentParser, default: str, help: str) -> None:
+    # kdet.config.PRECISIONS + "auto", spelled out: building the parser must not import TensorFlow.
+    p.add_argument("--precision", choices=("float32", "bfloat16", "float16", "auto"), default=default, help=help)
 
 
 def _add_verbose_flag(parser: argparse.ArgumentParser, sub) -> None:

@@ -311,3 +311,23 @@ def test_export_saved_model(tmp_path, capsys):
     assert cli.main(["export", "mtcnn", "--format", "tf_saved_model", "--out", str(out),
                      "--quantization", "int8"]) == 2
     assert "applies to --format litert only" in capsys.readouterr().err
+
+
+def test_precision_flags(tmp_path):
+    """detect / eval take kdet.load's precision unless --precision; export defaults to float32 (a SavedModel
+    runs anywhere); train keeps a file's saved precision and builds zoo models in the global policy."""
+    from tests.helpers import TinyAnchorDetector
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["detect", "x.jpg", "--model", "m"]).precision == "default"
+    assert parser.parse_args(["eval", "m", "--data", "synthetic:2"]).precision == "default"
+    assert parser.parse_args(["export", "m", "--format", "litert", "--out", "o"]).precision == "float32"
+    assert parser.parse_args(["detect", "x.jpg", "--model", "m", "--precision", "bfloat16"]).precision == "bfloat16"
+    path = tmp_path / "m.keras"
+    TinyAnchorDetector(image_size=64, width=8, precision="bfloat16").save(path)
+    assert cli._load_model(str(path)).config.precision == "bfloat16"  # as saved
+    assert cli._load_model(str(path), precision=None).config.precision == "bfloat16"  # train: as saved
+    assert cli._load_model(str(path), precision="float32").config.precision == "float32"  # export's default
+    zoo = cli._load_model("yolov3_darknet53", weights=None, precision=None, num_classes=3, backbone="tiny",
+                          image_size=64)
+    assert zoo.config.precision == "float32"
