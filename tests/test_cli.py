@@ -215,7 +215,7 @@ def test_detect_prints_json_and_draws(box_format, tmp_path, monkeypatch, capsys)
     image = tmp_path / "photo.jpg"
     Image.fromarray(np.full((160, 200, 3), 128, np.uint8)).save(image, quality=100)
     out = tmp_path / "out"
-    monkeypatch.setattr(cli, "_load_model", lambda name, weights="default": FakeDetector(box_format))
+    monkeypatch.setattr(cli, "_load_model", lambda name, weights="default", precision="default": FakeDetector(box_format))
     assert cli.main(["detect", str(image), str(image), "--model", "fake", "--out", str(out),
                      "--score", "0.5"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -247,7 +247,7 @@ def test_detect_draws_instance_masks(tmp_path, monkeypatch, capsys):
 
     image = tmp_path / "photo.png"
     Image.fromarray(np.full((160, 200, 3), 128, np.uint8)).save(image)
-    monkeypatch.setattr(cli, "_load_model", lambda name, weights="default": FakeMaskDetector())
+    monkeypatch.setattr(cli, "_load_model", lambda name, weights="default", precision="default": FakeMaskDetector())
     assert cli.main(["detect", str(image), "--model", "fake", "--out", str(tmp_path / "out"), "--score", "0.5"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["results"][0]["detections"][0]["mask_area"] == 40 * 60
