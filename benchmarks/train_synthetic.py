@@ -48,7 +48,7 @@ CONFIGS = {
 
 def run(name: str, train_images: int = 200, test_images: int = 100, epochs: int = 30, batch_size: int = 8,
         seed: int = 0, verbose: int = 0, train_seed: int | None = None, difficulty: str = "standard",
-        diagnose: bool = False) -> dict:
+        diagnose: bool = False, bfloat16: bool = False) -> dict:
     """Trains configuration ``name`` and returns its held-out COCO numbers and timings.
 
     Args:
@@ -63,6 +63,9 @@ def run(name: str, train_images: int = 200, test_images: int = 100, epochs: int 
             training images: underfitting or overfitting?) and
             ``AP50_class_agnostic`` (held out, every label one class: are
             objects found but misnamed?).
+        bfloat16: also ``AP50_bfloat16``, the held-out AP50 of the trained
+            weights computing in bfloat16 (``with_settings(precision="bfloat16")``;
+            issue 19: within 0.01 of float32).
     """
     import keras
 
@@ -84,6 +87,9 @@ def run(name: str, train_images: int = 200, test_images: int = 100, epochs: int 
     metrics = coco_map(y_test, pred)
     extra = diagnostics(model, x_train[:test_images], {k: v[:test_images] for k, v in y_train.items()}, y_test,
                         pred) if diagnose else {}
+    if bfloat16:
+        fast = model.with_settings(precision="bfloat16")
+        extra["AP50_bfloat16"] = coco_map(y_test, fast.predict(x_test, batch_size=32, verbose=0))["AP50"]
     return {**extra, "name": name, "difficulty": difficulty, "seed": seed,
             "train_seed": seed if train_seed is None else train_seed,
             "params": model.count_params(), "train_images": train_images, "epochs": epochs,
@@ -107,12 +113,15 @@ def diagnostics(model, x_train, y_train, y_test, pred_test) -> dict:
 
 def report(results: list[dict]) -> str:
     diagnosed = all("train_AP50" in r for r in results)
+    low = all("AP50_bfloat16" in r for r in results)
     rows = [(r["name"], f"{r['params']:,}", r["train_images"], r["epochs"], r["train_s"],
              r["predict_ms_per_image"], r["AP"], r["AP50"], r["AP75"],
-             *((r["train_AP50"], r["AP50_class_agnostic"]) if diagnosed else ())) for r in results]
+             *((r["train_AP50"], r["AP50_class_agnostic"]) if diagnosed else ()),
+             *((r["AP50_bfloat16"], r["AP50_bfloat16"] - r["AP50"]) if low else ())) for r in results]
     table = markdown_table(["configuration", "params", "train images", "epochs", "train s", "predict ms/img",
                             "AP", "AP50", "AP75",
-                            *(("train AP50", "AP50 class-agnostic") if diagnosed else ())], rows)
+                            *(("train AP50", "AP50 class-agnostic") if diagnosed else ()),
+                            *(("AP50 bfloat16", "bfloat16 - float32") if low else ())], rows)
     protocol = all(r["train_images"] == BAR["train_images"] and r["epochs"] == BAR["epochs"] for r in results)
     budget = ("" if protocol else
               f"\n**Reduced budget**: this run used fewer images or epochs than the bar protocol "
@@ -151,6 +160,8 @@ def main(argv=None) -> int:
     parser.add_argument("--difficulty", default="standard", help="synthetic data: standard (the bar) or hard")
     parser.add_argument("--diagnose", action="store_true",
                         help="also AP50 on training images and the class-agnostic held-out AP50")
+    parser.add_argument("--bfloat16", action="store_true",
+                        help="also the held-out AP50 of the trained weights computing in bfloat16")
     parser.add_argument("--out", help="markdown fragment (default docs/benchmarks/learning.md; none for --quick)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -163,7 +174,8 @@ def main(argv=None) -> int:
     runs = []
     for name in args.configs:
         result = run(name, train_images, test_images, epochs, BAR["batch_size"], seed=args.seed,
-                     train_seed=args.train_seed, difficulty=args.difficulty, diagnose=args.diagnose)
+                     train_seed=args.train_seed, difficulty=args.difficulty, diagnose=args.diagnose,
+                     bfloat16=args.bfloat16)
         print(f"{name}: AP50 {result['AP50']:.3f} AP {result['AP']:.3f} in {result['train_s']:.0f} s", flush=True)
         runs.append(result)
     return publish(report(runs), args.out, args.quick, "learning.md", start, results(runs))

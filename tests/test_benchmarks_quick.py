@@ -62,14 +62,15 @@ def test_mtcnn_quick_reports_the_batch_cpu_target(tmp_path):
 
 
 def test_train_synthetic_quick_with_diagnostics(tmp_path):
-    out = run_quick("train_synthetic.py", "retinanet_tiny", "--diagnose", "--difficulty", "hard",
+    out = run_quick("train_synthetic.py", "retinanet_tiny", "--diagnose", "--bfloat16", "--difficulty", "hard",
                     "--out", str(tmp_path / "learning.md"))
     assert "| retinanet_tiny |" in out and "Reduced budget" in out
-    assert "| train AP50 | AP50 class-agnostic |" in out
+    assert "| train AP50 | AP50 class-agnostic | AP50 bfloat16 | bfloat16 - float32 |" in out
     results = json.loads((tmp_path / "learning.json").read_text())
     run = results["runs"][0]
     assert run["epochs"] == 1 and results["targets"][0]["met"] == "not at the bar protocol"
     assert run["difficulty"] == "hard" and 0 <= run["train_AP50"] <= 1 and 0 <= run["AP50_class_agnostic"] <= 1
+    assert 0 <= run["AP50_bfloat16"] <= 1
 
 
 @pytest.mark.slow  # ~2 min: converts the official yolov3-tiny weights and trains two 416-px models one step

@@ -57,12 +57,17 @@ def held_out_ap50(build, train_images: int = 200, test_images: int = 64, epochs:
     return coco_ap50(y_test, model.predict(x_test, verbose=0))
 
 
-def train_synthetic_ap50(name: str, **kwargs) -> float:
-    """Held-out AP50 of ``benchmarks/train_synthetic.py``'s ``run(name, **kwargs)`` (the benchmark's protocol)."""
+def train_synthetic_run(name: str, **kwargs) -> dict:
+    """``benchmarks/train_synthetic.py``'s ``run(name, **kwargs)`` (the benchmark's protocol): its results."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from train_synthetic import run
 
-    return run(name, **kwargs)["AP50"]
+    return run(name, **kwargs)
+
+
+def train_synthetic_ap50(name: str, **kwargs) -> float:
+    """Held-out AP50 of ``train_synthetic_run(name, **kwargs)``."""
+    return train_synthetic_run(name, **kwargs)["AP50"]
 
 
 def assert_same_detections(a: dict, b: dict, atol=1e-4):
