@@ -147,7 +147,7 @@ def pair_rows(image_size: int, batches, repeats: int, quick: bool):
         x = tf.constant(np.random.default_rng(batch).uniform(0, 255, (batch, image_size, image_size, 3)),
                         tf.float32)
         fns = {}
-        for suffix, (model, xla_path) in kdets.items():
+        for model, xla_path in kdets.values():
             fns[f"kdet {model.config.precision} default"] = lambda m=model: m.infer(x)
             fns[f"kdet {model.config.precision} XLA"] = lambda m=model, c=xla_path: m.infer(x, compiler=c)
         for name, (default, xla, split) in runners.items():
