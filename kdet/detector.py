@@ -569,7 +569,7 @@ class Detector(keras.Model):
         Ampere+ GPUs, CPUs with AVX512_BF16 / AMX), except on CPU for networks with
         depthwise convolutions and architectures declaring ``bfloat16_on_cpu = False``:
         oneDNN's bfloat16 path speeds up dense convolutions and matmuls, not those.
-        Measured on a 2-core AMX CPU, one image: RetinaNet-R50 and SSD300 about 5x
+        Measured on a 2-core AMX CPU: RetinaNet-R50 and SSD300 4-5x
         faster in bfloat16 at batch 8, SSDlite-MobileNetV3 32 -> 43 ms, Faster
         R-CNN MobileNetV3-FPN 385 -> 425 ms, MTCNN 43 -> 46 ms (docs/zoo.md, "Precision").
         """
