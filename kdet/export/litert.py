@@ -70,7 +70,7 @@ def litert(model, filepath, quantization: str | None = None, representative_data
         )
     if quantization == "int8":
         batches = representative_batches(representative_data, shape[1:3])
-    precision = getattr(getattr(model, "config", None), "precision", "float32")
+    precision = model.config.precision
     if precision != "float32" and saved_model_dir is None:
         # LiteRT has no bfloat16 kernels (the converter refuses a bfloat16 Conv2D); its low precisions are
         # `quantization=`. The same weights export as the float32 network.
